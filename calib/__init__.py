@@ -1,0 +1,1 @@
+"""retina_deploy.calib (lands with its issue)."""

@@ -1,0 +1,1 @@
+"""retina_deploy.export (lands with its issue)."""

@@ -1,0 +1,117 @@
+"""The one preprocessing used by training, evaluation, export and inference (numpy + pillow, torch-free).
+
+An image is resized keeping its aspect ratio so that it fits inside ``size`` (H, W), normalised
+with ``mean``/``std`` (on the 0-1 scale, RGB order), and placed at the top-left of an H x W canvas
+whose padding is 0 after normalisation. H and W are multiples of 128, the stride of P7, so every
+FPN level has an integer grid. Boxes map back to the original image by dividing by ``scale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from retina_deploy.errors import ConfigError, ImageError
+
+SIZE_MULTIPLE = 128  # stride of P7
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How raw images become the network input.
+
+    size: (H, W) of the network input, both multiples of 128.
+    mean, std: per-channel normalisation on the 0-1 scale, in RGB order.
+    channel_order: order of the network input's channels ("rgb"); callers that hold BGR arrays
+        say so at the call site and are converted.
+    """
+
+    size: tuple[int, int] = (512, 512)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "rgb"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", tuple(int(v) for v in self.size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        check_input_size(*self.size)
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError(f"mean and std need 3 values each, got {self.mean} and {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"std values must be > 0, got {self.std}")
+        if self.channel_order != "rgb":
+            raise ConfigError(f"channel_order must be 'rgb', got {self.channel_order!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PreprocessConfig:
+        return from_dict_strict(cls, d, "preprocess")
+
+
+def from_dict_strict(cls, d: Mapping[str, Any], what: str):
+    """Build dataclass ``cls`` from ``d``; an unknown key is a ConfigError naming it."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{what} config must be a JSON object, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} config key(s) {unknown}; known keys: {sorted(known)}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ConfigError(f"bad {what} config: {e}") from e
+
+
+def check_input_size(height: int, width: int) -> None:
+    """Raise ConfigError unless both sides are positive multiples of 128, naming the nearest valid sizes."""
+    for name, v in (("height", height), ("width", width)):
+        if v < SIZE_MULTIPLE or v % SIZE_MULTIPLE:
+            lo = max(SIZE_MULTIPLE, v // SIZE_MULTIPLE * SIZE_MULTIPLE)
+            hi = lo + SIZE_MULTIPLE if lo <= v else lo
+            raise ConfigError(
+                f"input {name} {v} is not a multiple of {SIZE_MULTIPLE} (the P7 stride); nearest valid: {lo} or {hi}"
+            )
+
+
+def resize_scale(image_hw: tuple[int, int], size: tuple[int, int]) -> float:
+    """Scale that fits an image of (h, w) inside ``size`` (H, W) keeping the aspect ratio."""
+    h, w = image_hw
+    return min(size[0] / h, size[1] / w)
+
+
+def preprocess(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, float]:
+    """Turn one image into the network input.
+
+    Args:
+        image: uint8 array [h, w, 3] in RGB order.
+        cfg: the preprocessing config.
+
+    Returns:
+        (chw, scale): float32 array [3, H, W] (normalised, zero-padded at bottom/right) and the
+        factor that maps original pixel coordinates to input coordinates (input = original * scale).
+    """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise ImageError(f"image must be a uint8 numpy array, got {getattr(image, 'dtype', type(image).__name__)}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f"image must have shape [h, w, 3], got {list(image.shape)}")
+    H, W = cfg.size
+    h, w = image.shape[:2]
+    scale = resize_scale((h, w), cfg.size)
+    new_h, new_w = min(H, max(1, round(h * scale))), min(W, max(1, round(w * scale)))
+    if (new_h, new_w) != (h, w):
+        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    mean = np.asarray(cfg.mean, np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(cfg.std, np.float32) * 255.0)
+    out = np.zeros((3, H, W), np.float32)
+    out[:, :new_h, :new_w] = ((image.astype(np.float32) - mean) * inv_std).transpose(2, 0, 1)
+    return out, scale
