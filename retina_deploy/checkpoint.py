@@ -1,0 +1,215 @@
+"""Checkpoints: a directory holding ``model.safetensors`` + ``config.json``, written atomically.
+
+``config.json`` carries everything needed downstream: the model config, class names, the
+preprocessing, the sha256 of the weights file (a truncated or swapped weights file is refused) and
+free-form ``extra`` (training progress, metrics). No pickle is ever loaded from a user file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from retina_deploy import __version__
+from retina_deploy.config import ModelConfig
+from retina_deploy.errors import CheckpointError, RetinaDeployError
+from retina_deploy.fileio import atomic_path, write_json_atomic
+from retina_deploy.runtime.preprocess import PreprocessConfig
+
+FORMAT = "retina-deploy/checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint says about itself (everything but the weights)."""
+
+    model: ModelConfig
+    class_names: tuple[str, ...]
+    preprocess: PreprocessConfig
+    weights_sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != self.model.num_classes:
+            raise CheckpointError(
+                f"{len(self.class_names)} class names for a model of {self.model.num_classes} classes"
+            )
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    model: torch.nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    class_names: list[str] | tuple[str, ...],
+    preprocess: PreprocessConfig,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``out_dir/model.safetensors`` then ``out_dir/config.json`` (each atomically); return ``out_dir``.
+
+    The config is written last and names the weights' sha256, so a crash between the two writes
+    leaves a pair that fails to load loudly instead of a silent mismatch.
+    """
+    out_dir = Path(out_dir)
+    cfg: ModelConfig = model.cfg
+    if len(class_names) != cfg.num_classes:
+        raise CheckpointError(f"{len(class_names)} class names for a model of {cfg.num_classes} classes")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(out_dir / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        digest = sha256_file(tmp)
+    write_json_atomic(
+        out_dir / CONFIG_NAME,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "toolkit_version": __version__,
+            "model": cfg.to_dict(),
+            "class_names": list(class_names),
+            "preprocess": preprocess.to_dict(),
+            "weights_sha256": digest,
+            "extra": extra or {},
+        },
+    )
+    return out_dir
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """Accept the checkpoint directory or either of its two files; return the directory."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint")
+    if p.is_file():
+        if p.name not in (WEIGHTS_NAME, CONFIG_NAME):
+            kind = (
+                "a PyTorch pickle" if p.suffix in (".pth", ".pt", ".bin", ".pkl") else "not a retina-deploy checkpoint"
+            )
+            raise CheckpointError(
+                f"{p}: {kind}; a checkpoint is a folder with {WEIGHTS_NAME} + {CONFIG_NAME}"
+                " (torchvision weights: use `retina-deploy convert-weights`)"
+            )
+        p = p.parent
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        if not (p / name).is_file():
+            raise CheckpointError(f"{p}: not a retina-deploy checkpoint ({name} is missing)")
+    return p
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
+    """Parse and validate ``config.json`` (no weights loaded)."""
+    ckpt_dir = resolve_checkpoint_dir(path)
+    cfg_path = ckpt_dir / CONFIG_NAME
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_path}: not a retina-deploy checkpoint config (format is not {FORMAT!r})")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_path}: format_version {raw.get('format_version')} is not {FORMAT_VERSION}")
+    known = {
+        "format",
+        "format_version",
+        "toolkit_version",
+        "model",
+        "class_names",
+        "preprocess",
+        "weights_sha256",
+        "extra",
+    }
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise CheckpointError(f"{cfg_path}: unknown key(s) {unknown}")
+    try:
+        return CheckpointInfo(
+            model=ModelConfig.from_dict(raw["model"]),
+            class_names=tuple(str(n) for n in raw["class_names"]),
+            preprocess=PreprocessConfig.from_dict(raw["preprocess"]),
+            weights_sha256=str(raw["weights_sha256"]),
+            extra=dict(raw.get("extra") or {}),
+            path=ckpt_dir,
+        )
+    except KeyError as e:
+        raise CheckpointError(f"{cfg_path}: missing key {e}") from e
+    except RetinaDeployError as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from e
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
+    """Load a checkpoint; returns (RetinaNet in eval mode, CheckpointInfo).
+
+    Refuses a weights file whose sha256 differs from the config's, and any key or shape mismatch.
+    """
+    from retina_deploy.model import build_model
+
+    info = read_checkpoint_info(path)
+    weights = info.path / WEIGHTS_NAME
+    if sha256_file(weights) != info.weights_sha256:
+        raise CheckpointError(f"{weights}: sha256 differs from {CONFIG_NAME} (truncated, or from another checkpoint)")
+    model = build_model(info.model)
+    load_state_dict_strict(model, read_state_dict(weights), str(weights))
+    model.to(map_location).eval()
+    return model, info
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model``; any missing/unexpected key or shape mismatch is a CheckpointError."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: does not match the model ({len(missing)} missing keys, e.g. {missing[:2]};"
+            f" {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(f"{source}: {k} has shape {list(v.shape)}, the model expects {list(own[k].shape)}")
+    model.load_state_dict(state)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file, or of a PyTorch file loaded with ``weights_only=True``.
+
+    A PyTorch file holding ``{"model": state_dict, ...}`` (torchvision's reference training) gives
+    the inner dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for non-torch, truncated or unsafe files
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch weights file ({type(e).__name__}: {str(e)[:120]})"
+        ) from e
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: does not hold a state dict of tensors")
+    return obj

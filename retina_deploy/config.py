@@ -1,0 +1,105 @@
+"""Frozen configuration dataclasses (torch-free). Unknown keys raise; every artifact saves its config."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from retina_deploy.errors import ConfigError
+from retina_deploy.runtime.preprocess import from_dict_strict
+
+BACKBONE_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
+# Channels of C3, C4, C5 for basic-block (18/34) and bottleneck (50+) ResNets.
+BACKBONE_CHANNELS = {
+    "resnet18": (128, 256, 512),
+    "resnet34": (128, 256, 512),
+    "resnet50": (512, 1024, 2048),
+    "resnet101": (512, 1024, 2048),
+    "resnet152": (512, 1024, 2048),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """RetinaNet (Lin et al., 2017) with the paper's names; defaults follow the paper and torchvision.
+
+    backbone: one of resnet18/34/50/101/152.
+    backbone_norm: "frozen_bn" (statistics fixed: fine-tuning from ImageNet weights at the small
+        per-GPU batches detection uses) or "bn" (trainable BatchNorm: training from scratch, batch >= 8).
+        Both export identically: in eval mode BatchNorm is the same affine map as FrozenBatchNorm.
+    num_classes: foreground classes C (no background class: sigmoid per class).
+    fpn_channels: channels of P3-P7 and of the head convs.
+    p6_from: "c5" (the paper, torchvision v2) or "p5" (torchvision's v1 COCO weights).
+    head_norm: "none" (the paper) or "groupnorm" (32 groups; torchvision v2).
+    anchor_sizes: base size per level P3..P7; each level adds 2^(1/3) and 2^(2/3) scales,
+        truncated to int as torchvision does (32 -> 32, 40, 50), with aspect ratios 0.5, 1, 2.
+    focal_loss_alpha, focal_loss_gamma: the sigmoid focal loss parameters.
+    prior_prob: initial foreground probability; the classifier bias is -log((1 - p) / p).
+    fg_iou_thresh, bg_iou_thresh: IoU >= fg is foreground, < bg background, between is ignored;
+        each ground-truth box also keeps its best anchors (low-quality matches).
+    box_loss: "l1" (the paper's smooth-L1 with beta 0, as torchvision) or "giou".
+    bbox_reg_clamp: upper bound of predicted dw/dh before exp, log(1000/16).
+    score_thresh, topk_candidates, nms_thresh, detections_per_img: inference post-processing
+        (score threshold, top-k per FPN level, class-aware NMS IoU, max detections per image).
+    """
+
+    backbone: str = "resnet101"
+    backbone_norm: str = "frozen_bn"
+    num_classes: int = 80
+    fpn_channels: int = 256
+    p6_from: str = "c5"
+    head_norm: str = "none"
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    focal_loss_alpha: float = 0.25
+    focal_loss_gamma: float = 2.0
+    prior_prob: float = 0.01
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.4
+    box_loss: str = "l1"
+    bbox_reg_clamp: float = math.log(1000.0 / 16)
+    score_thresh: float = 0.05
+    topk_candidates: int = 1000
+    nms_thresh: float = 0.5
+    detections_per_img: int = 300
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "anchor_sizes", tuple(int(s) for s in self.anchor_sizes))
+        if self.backbone not in BACKBONE_DEPTHS:
+            raise ConfigError(f"backbone {self.backbone!r} is not one of {sorted(BACKBONE_DEPTHS)}")
+        if self.backbone_norm not in ("frozen_bn", "bn"):
+            raise ConfigError(f"backbone_norm must be 'frozen_bn' or 'bn', got {self.backbone_norm!r}")
+        if self.num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.p6_from not in ("c5", "p5"):
+            raise ConfigError(f"p6_from must be 'c5' or 'p5', got {self.p6_from!r}")
+        if self.head_norm not in ("none", "groupnorm"):
+            raise ConfigError(f"head_norm must be 'none' or 'groupnorm', got {self.head_norm!r}")
+        if self.box_loss not in ("l1", "giou"):
+            raise ConfigError(f"box_loss must be 'l1' or 'giou', got {self.box_loss!r}")
+        if len(self.anchor_sizes) != 5:
+            raise ConfigError(f"anchor_sizes needs one size per level P3..P7 (5), got {self.anchor_sizes}")
+        if not 0.0 <= self.bg_iou_thresh <= self.fg_iou_thresh <= 1.0:
+            raise ConfigError(
+                f"need 0 <= bg_iou_thresh <= fg_iou_thresh <= 1, got {self.bg_iou_thresh}, {self.fg_iou_thresh}"
+            )
+        if not 0.0 < self.prior_prob < 1.0:
+            raise ConfigError(f"prior_prob must be in (0, 1), got {self.prior_prob}")
+        if self.topk_candidates < 1 or self.detections_per_img < 1:
+            raise ConfigError("topk_candidates and detections_per_img must be >= 1")
+        if self.head_norm == "groupnorm" and self.fpn_channels % 32:
+            raise ConfigError(f"groupnorm needs fpn_channels divisible by 32, got {self.fpn_channels}")
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return 9
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["anchor_sizes"] = list(self.anchor_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        return from_dict_strict(cls, d, "model")
