@@ -1,0 +1,1 @@
+"""Datasets: COCO-format loading, synthetic shapes, and the training/evaluation torch Dataset."""
