@@ -1,0 +1,171 @@
+"""Run any model file on images: checkpoints here (PyTorch), ``.onnx`` / ``.engine`` through the runtime.
+
+``load_predictor(path)`` picks the backend from the path; ``predict_images`` and
+``evaluate_predictor`` then work the same for every kind of model file (one code path).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from retina_deploy.errors import DatasetError, ModelFileError
+from retina_deploy.runtime.detections import Detections, make_detections
+from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
+
+
+class Predictor(Protocol):
+    """Anything that turns RGB uint8 images [h, w, 3] into Detections in original pixels."""
+
+    class_names: tuple[str, ...]
+    preprocess_cfg: PreprocessConfig
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
+
+
+class TorchPredictor:
+    """A RetinaNet (from a checkpoint or in memory) behind the Predictor interface."""
+
+    def __init__(self, model, class_names: Sequence[str], preprocess_cfg: PreprocessConfig, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.class_names = tuple(class_names)
+        self.preprocess_cfg = preprocess_cfg
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> TorchPredictor:
+        from retina_deploy.checkpoint import load_checkpoint
+
+        model, info = load_checkpoint(path, map_location=device)
+        return cls(model, info.class_names, info.preprocess, device)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        import torch
+
+        if not images:
+            return []
+        inputs, scales = zip(*(preprocess(img, self.preprocess_cfg) for img in images), strict=True)
+        with torch.no_grad():
+            outputs = self.model(torch.from_numpy(np.stack(inputs)).to(self.device))
+        return [
+            make_detections(
+                out["boxes"].cpu().numpy(),
+                out["scores"].cpu().numpy(),
+                out["labels"].cpu().numpy(),
+                self.class_names,
+                scale=scale,
+                orig_hw=img.shape[:2],
+            )
+            for out, scale, img in zip(outputs, scales, images, strict=True)
+        ]
+
+
+def model_kind(path: str | os.PathLike) -> str:
+    """ "checkpoint", "onnx" or "engine", from the path; anything else is a ModelFileError."""
+    p = Path(path)
+    if p.suffix == ".onnx":
+        return "onnx"
+    if p.suffix in (".engine", ".plan"):
+        return "engine"
+    if p.is_dir() or p.name in ("model.safetensors", "config.json"):
+        return "checkpoint"
+    if not p.exists():
+        raise ModelFileError(f"{p}: no such model file or checkpoint folder")
+    raise ModelFileError(f"{p}: not a model (expected a checkpoint folder, a .onnx file or a .engine file)")
+
+
+def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor:
+    kind = model_kind(path)
+    if kind == "checkpoint":
+        return TorchPredictor.from_checkpoint(path, device)
+    raise ModelFileError(f"{path}: {kind} files are not supported by this version yet")
+
+
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def evaluate_predictor(predictor: Predictor, coco, *, batch_size: int = 8, progress: bool = False):
+    """COCO metrics of ``predictor`` on a ``CocoDataset``; returns (metrics, COCO results records).
+
+    Images are read with the runtime's loader and predicted in original coordinates, so every
+    backend is scored by the same code.
+    """
+    from retina_deploy.evaluate import coco_evaluate, to_coco_results
+    from retina_deploy.runtime.image_io import load_image
+
+    if tuple(predictor.class_names) != tuple(coco.class_names):
+        raise DatasetError(
+            f"the model's classes {list(predictor.class_names)[:6]} differ from the dataset's {coco.class_names[:6]}"
+        )
+    detections, image_ids = [], []
+    records = coco.records
+    bar = _progress(len(records), "eval", progress)
+    for chunk in _batches(records, batch_size):
+        detections.extend(predictor.predict([load_image(r.path) for r in chunk]))
+        image_ids.extend(r.image_id for r in chunk)
+        bar.update(len(chunk))
+    bar.close()
+    results = to_coco_results(detections, image_ids, coco.label_to_category_id)
+    return coco_evaluate(coco.annotations_path, results), results
+
+
+def predict_files(
+    predictor: Predictor,
+    image_paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    draw_score_thresh: float = 0.3,
+    progress: bool = False,
+) -> tuple[list[dict], list[str]]:
+    """Predict on image files; write ``out_dir/detections.json`` and one annotated PNG per image.
+
+    An unreadable image does not stop the others: it is recorded with its error. Returns
+    (records as written to the JSON, error lines).
+    """
+    from retina_deploy.errors import ImageError
+    from retina_deploy.fileio import write_json_atomic
+    from retina_deploy.runtime.image_io import load_image
+    from retina_deploy.runtime.visualize import draw_detections, save_image_atomic
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records, errors, used_names = [], [], set()
+    bar = _progress(len(image_paths), "predict", progress)
+    for chunk in _batches(list(image_paths), batch_size):
+        loaded = []
+        for path in chunk:
+            try:
+                loaded.append((Path(path), load_image(path)))
+            except ImageError as e:
+                records.append({"image": str(path), "error": str(e)})
+                errors.append(str(e))
+        for (path, image), dets in zip(loaded, predictor.predict([img for _, img in loaded]), strict=True):
+            drawn = draw_detections(image, dets.boxes, dets.scores, dets.class_names, score_thresh=draw_score_thresh)
+            save_image_atomic(drawn, out_dir / _unique_png_name(path, used_names))
+            records.append({"image": str(path), "height": image.shape[0], "width": image.shape[1], **dets.to_dict()})
+        bar.update(len(chunk))
+    bar.close()
+    write_json_atomic(out_dir / "detections.json", records)
+    return records, errors
+
+
+def _unique_png_name(image_path: Path, used: set[str]) -> str:
+    """``<stem>.png``, suffixed when two inputs share a stem (a/x.jpg, b/x.jpg)."""
+    name, n = f"{image_path.stem}.png", 1
+    while name in used:
+        name, n = f"{image_path.stem}_{n}.png", n + 1
+    used.add(name)
+    return name
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False)

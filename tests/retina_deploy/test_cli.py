@@ -1,0 +1,107 @@
+"""The CLI end to end, in-process: help for every verb, conversion, predict, eval, one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from retina_deploy.cli import build_parser, main
+
+VERBS = ["make-shapes", "convert-weights", "eval", "predict"]
+
+
+def test_help_for_every_verb_shows_defaults(capsys):
+    for verb in VERBS:
+        with pytest.raises(SystemExit) as e:
+            main([verb, "--help"])
+        assert e.value.code == 0
+        assert "usage: retina-deploy " + verb in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["make-shapes", "--help"])
+    assert "(default: 200)" in capsys.readouterr().out
+    assert set(VERBS) <= set(build_parser()._subparsers._group_actions[0].choices)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("retina-deploy ")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """A torchvision ResNet-18 FPN RetinaNet (random weights) converted with the CLI."""
+    from torchvision.models import resnet18
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    tmp = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    backbone = _resnet_fpn_extractor(resnet18(), 5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(512, 256))
+    src = tmp / "tv_resnet18.pth"
+    torch.save(RetinaNet(backbone, num_classes=3).state_dict(), src)
+    names = tmp / "names.txt"
+    names.write_text("cat\ndog\nbird\n")
+    args = ["convert-weights", "--from", "torchvision", str(src), str(tmp / "ckpt"), "--size", "128", "256"]
+    assert main(args + ["--class-names", str(names)]) == 0
+    return tmp / "ckpt"
+
+
+def test_convert_weights_writes_our_checkpoint(converted):
+    cfg = json.loads((converted / "config.json").read_text())
+    assert cfg["model"]["backbone"] == "resnet18" and cfg["model"]["p6_from"] == "c5"
+    assert cfg["class_names"] == ["cat", "dog", "bird"]
+    assert cfg["preprocess"]["size"] == [128, 256]
+
+
+def _png(path, h=90, w=160, seed=0):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_predict_no_detections_and_bad_image(converted, tmp_path, capsys):
+    good = _png(tmp_path / "good.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)  # PNG signature, no image
+    assert main(["predict", str(converted), str(good), "--out", str(tmp_path / "out")]) == 0
+    records = json.loads((tmp_path / "out" / "detections.json").read_text())
+    # freshly initialised heads score ~0.01 everywhere: below the 0.05 threshold, so no boxes
+    assert records == [{"image": str(good), "height": 90, "width": 160, "detections": []}]
+    assert Image.open(tmp_path / "out" / "good.png").size == (160, 90)
+    capsys.readouterr()
+
+    assert main(["predict", str(converted), str(bad), str(good), "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 of 2 images could not be read" in err and "bad.png" in err
+    records = json.loads((tmp_path / "out2" / "detections.json").read_text())
+    assert [("error" in r) for r in records] == [True, False]  # the good image's result is kept
+
+
+def test_eval_on_synthetic_set(converted, tmp_path, capsys):
+    from retina_deploy.data.shapes import make_shapes
+
+    data = make_shapes(tmp_path / "shapes", num_images=4, size=128, seed=1)
+    # the converted model has 3 classes, the shapes set 6: refused with one line
+    args = ["eval", str(converted), "--images", str(data / "images"), "--annotations", str(data / "annotations.json")]
+    assert main(args) == 1
+    assert "classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["predict", "nope", "x.png", "--out", "o"], "no such model"),
+        (["eval", "model.pth", "--images", "i", "--annotations", "a.json"], "not a model"),
+        (["convert-weights", "missing.pth", "out"], "no such file"),
+        (["make-shapes", "o", "--num-images", "0"], "num_images"),
+    ],
+)
+def test_bad_input_is_one_line_exit_1(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.pth").write_bytes(b"junk")
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
