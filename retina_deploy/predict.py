@@ -78,11 +78,37 @@ def model_kind(path: str | os.PathLike) -> str:
     raise ModelFileError(f"{p}: not a model (expected a checkpoint folder, a .onnx file or a .engine file)")
 
 
-def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor:
+def load_predictor(path: str | os.PathLike, *, device: str = "cpu", backend: str = "auto") -> Predictor:
+    """A Predictor for any model file: checkpoints run in PyTorch, ``.onnx`` / ``.engine`` in the runtime's Detector.
+
+    device: "cpu", "cuda" or "cuda:N". ONNX files run in ONNX Runtime with the CPU provider for "cpu"
+        and the CUDA provider for "cuda[:N]"; engines always run on a GPU (N, default 0).
+    backend: for ``.onnx`` / ``.engine`` files, a ``Detector.load`` backend name overriding the choice
+        made from ``device`` (e.g. "ort-tensorrt", "tensorrt-rtx").
+    """
     kind = model_kind(path)
     if kind == "checkpoint":
         return TorchPredictor.from_checkpoint(path, device)
-    raise ModelFileError(f"{path}: {kind} files are not supported by this version yet")
+    from retina_deploy.runtime.detector import Detector
+
+    gpu = _gpu_index(device)
+    if backend == "auto" and kind == "onnx":
+        backend = "ort-cpu" if gpu is None else "ort-cuda"
+    return Detector.load(path, backend=backend, device=gpu or 0)
+
+
+def _gpu_index(device: str) -> int | None:
+    """None for "cpu", N for "cuda:N" (0 for "cuda"); ConfigError otherwise."""
+    from retina_deploy.errors import ConfigError
+
+    if device == "cpu":
+        return None
+    if device == "cuda":
+        return 0
+    head, _, index = device.partition(":")
+    if head == "cuda" and index.isdigit():
+        return int(index)
+    raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
 
 
 def _batches(items: Sequence, size: int):

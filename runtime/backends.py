@@ -1,0 +1,131 @@
+"""Backend selection for ``Detector.load``: ONNX Runtime for ``.onnx``, TensorRT for ``.engine`` (torch-free).
+
+Backend names:
+
+- ``auto``: ``.onnx`` -> ONNX Runtime with the CUDA provider if installed, else CPU; ``.engine`` ->
+  the TensorRT flavour named by its manifest.
+- ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``: ONNX Runtime with that execution provider (CUDA and
+  TensorRT providers fall back to CPU for unsupported nodes, as ONNX Runtime does).
+- ``tensorrt``, ``tensorrt-rtx``: an engine with that flavour (it must match the manifest).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from retina_deploy.errors import ConfigError, ModelFileError
+from retina_deploy.runtime.detector import Backend, ModelSpec
+
+ORT_PROVIDERS = {
+    "ort-cpu": "CPUExecutionProvider",
+    "ort-cuda": "CUDAExecutionProvider",
+    "ort-tensorrt": "TensorrtExecutionProvider",
+}
+ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
+BACKENDS = ("auto", *ORT_PROVIDERS, *ENGINE_BACKENDS)
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
+class OrtBackend:
+    """An ``OnnxModel`` (ONNX Runtime session) behind the Backend protocol."""
+
+    def __init__(self, model, name: str) -> None:
+        self.model = model
+        self.name = name
+        self.input_size: tuple[int, int] = tuple(model.metadata.input_size)
+        batch_dim = model.session.get_inputs()[0].shape[0]
+        hi = model.metadata.batch[2]
+        # A fixed batch axis runs only that batch; a dynamic one any B >= 1 (the range is the TensorRT profile).
+        self.batch_range: tuple[int, int] = (batch_dim, batch_dim) if isinstance(batch_dim, int) else (1, hi)
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """float32 [B, 3, H, W] -> the graph's outputs, leading dim B."""
+        if self.model is None:
+            raise RuntimeError(f"the {self.name} backend is closed")
+        return self.model.run(batch)
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _ort_providers(backend: str, device: int) -> tuple[str, list]:
+    """(backend name, providers list) for an ONNX Runtime backend name; ConfigError if not installed."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if backend == "auto":
+        backend = "ort-cuda" if "CUDAExecutionProvider" in available else "ort-cpu"
+    wanted = ORT_PROVIDERS[backend]
+    if wanted not in available:
+        raise ConfigError(
+            f"backend {backend!r} needs ONNX Runtime's {wanted}, which is not installed "
+            f"(available: {', '.join(available)}); install onnxruntime-gpu or choose ort-cpu"
+        )
+    # Each GPU provider falls back to the next one for nodes it cannot run: TensorRT -> CUDA -> CPU.
+    gpu_chain = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    chain = gpu_chain[gpu_chain.index(wanted) :] if wanted in gpu_chain else ()
+    providers: list = [(p, {"device_id": int(device)}) for p in chain if p in available]
+    return backend, [*providers, "CPUExecutionProvider"]
+
+
+def open_onnx(path: Path, backend: str, device: int, num_threads: int | None) -> tuple[Backend, ModelSpec]:
+    """An ONNX file in ONNX Runtime; its metadata gives the ModelSpec."""
+    from retina_deploy.runtime.onnx_runner import OnnxModel
+
+    name, providers = _ort_providers(backend, device)
+    model = OnnxModel.load(path, providers, threads=num_threads)
+    meta = model.metadata
+    spec = ModelSpec(
+        class_names=tuple(meta.class_names),
+        preprocess=meta.preprocess,
+        nms=meta.nms,
+        anchors_per_level=tuple(meta.anchors_per_level),
+    )
+    return OrtBackend(model, f"onnxruntime-{name.removeprefix('ort-')}"), spec
+
+
+def open_engine(path: Path, backend: str, device: int, cuda_graphs: bool) -> tuple[Backend, ModelSpec]:
+    """A verified TensorRT engine; its manifest gives the ModelSpec."""
+    from retina_deploy.runtime.trt_backend import TrtBackend
+
+    trt_backend = TrtBackend.load(
+        path, device=device, flavour=None if backend == "auto" else backend, cuda_graphs=cuda_graphs
+    )
+    m = trt_backend.manifest
+    spec = ModelSpec.from_postprocess_record(m.class_names, m.preprocess_config, m.postprocess, str(path))
+    return trt_backend, spec
+
+
+def open_backend(
+    path: str | os.PathLike,
+    backend: str = "auto",
+    device: int = 0,
+    *,
+    cuda_graphs: bool = False,
+    num_threads: int | None = None,
+) -> tuple[Backend, ModelSpec]:
+    """Open ``path`` with the named backend (see the module docstring); returns (backend, spec).
+
+    Raises ConfigError (unknown backend, or one that does not fit the file's kind, or is not
+    installed), ModelFileError (missing, foreign or tampered file), NoCudaDeviceError.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"{p}: no such model file")
+    if p.suffix == ".onnx":
+        if backend in ENGINE_BACKENDS:
+            raise ConfigError(
+                f"{p}: backend {backend!r} runs engines; build one with `retina-deploy build-engine` "
+                "or use ort-tensorrt to run the ONNX file through ONNX Runtime's TensorRT provider"
+            )
+        return open_onnx(p, backend, device, num_threads)
+    if p.suffix in ENGINE_SUFFIXES:
+        if backend in ORT_PROVIDERS:
+            raise ConfigError(f"{p}: backend {backend!r} runs ONNX files, not TensorRT engines")
+        return open_engine(p, backend, device, cuda_graphs)
+    raise ModelFileError(f"{p}: not a model file (expected .onnx or .engine)")

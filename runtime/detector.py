@@ -1,0 +1,304 @@
+"""``Detector``: an ONNX or engine file in, ``Detections`` in each original image's pixels out (torch-free).
+
+One code path for every backend: decode and validate each image, the shared preprocessing, batches
+chunked to the model's batch range, the backend, host NMS for ``--nms none`` files, boxes mapped
+back to each original image and clipped. A backend is anything with ``input_size``, ``batch_range``
+and ``run(batch float32 [B, 3, H, W]) -> {output name: array}``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from retina_deploy.errors import ConfigError, ImageError, ModelFileError
+from retina_deploy.runtime.detections import Detections, make_detections
+from retina_deploy.runtime.host_nms import detections_from_dense
+from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS, as_rgb_array, load_image
+from retina_deploy.runtime.onnx_metadata import DETECTION_OUTPUTS, NmsSettings
+from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
+
+ImageInput = np.ndarray | str | os.PathLike | bytes
+
+
+class Backend(Protocol):
+    """What the Detector needs from an inference backend.
+
+    name: e.g. "onnxruntime-cpu", "tensorrt", "tensorrt-rtx".
+    input_size: (H, W) of the network input.
+    batch_range: (min, max) batch sizes ``run`` accepts.
+    run: float32 [B, 3, H, W] -> {output name: array with leading dim B}; need not be thread-safe.
+    """
+
+    name: str
+    input_size: tuple[int, int]
+    batch_range: tuple[int, int]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the Detector must know about a model file (from ONNX metadata or the engine manifest).
+
+    class_names: C names, index = class id.
+    preprocess: the preprocessing the model was trained and exported with.
+    nms: post-processing settings; mode "none" means the outputs are dense and NMS runs on the host.
+    anchors_per_level: H_l * W_l * 9 per FPN level (the layout of dense outputs).
+    """
+
+    class_names: tuple[str, ...]
+    preprocess: PreprocessConfig
+    nms: NmsSettings
+    anchors_per_level: tuple[int, ...]
+
+    @classmethod
+    def from_postprocess_record(
+        cls, class_names: Sequence[str], preprocess_cfg: PreprocessConfig, record: dict[str, Any], source: str
+    ) -> ModelSpec:
+        """From an engine manifest's ``postprocess`` record: {"nms": {...}, "anchors_per_level": [...]}."""
+        try:
+            return cls(
+                class_names=tuple(class_names),
+                preprocess=preprocess_cfg,
+                nms=NmsSettings(**record["nms"]),
+                anchors_per_level=tuple(int(n) for n in record["anchors_per_level"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{source}: bad post-processing record in the manifest: {e}") from e
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image ready for a batch: chw float32 [3, H, W], the resize ``scale``, original (h, w)."""
+
+    chw: np.ndarray
+    scale: float
+    orig_hw: tuple[int, int]
+
+
+class Detector:
+    """Detections from an ONNX or TensorRT engine file; thread-safe.
+
+    ``detect(images)`` takes a sequence of images (uint8 arrays [h, w, 3] in ``channel_order``, or
+    JPEG/PNG/BMP paths or bytes) and returns one ``Detections`` per image: boxes float32 [N, 4] xyxy
+    in that image's original pixels, clipped to it, scores float32 [N] descending, class_ids int64 [N],
+    class_names. Lists longer than the maximum batch are run in chunks.
+    """
+
+    def __init__(self, backend: Backend, spec: ModelSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        if tuple(backend.input_size) != tuple(spec.preprocess.size):
+            raise ModelFileError(
+                f"backend input size {backend.input_size} differs from the preprocessing size {spec.preprocess.size}"
+            )
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+        self.backend = backend
+        self.spec = spec
+        self.max_pixels = max_pixels
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        device: int = 0,
+        *,
+        cuda_graphs: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        num_threads: int | None = None,
+    ) -> Detector:
+        """Open ``path`` (.onnx or .engine); class names, preprocessing, NMS settings and batch range
+        come from the ONNX metadata or the engine manifest.
+
+        Args:
+            backend: "auto" (.onnx: ONNX Runtime, CUDA provider if installed else CPU; .engine: the
+                manifest's TensorRT flavour), "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt",
+                "tensorrt-rtx".
+            device: GPU index for CUDA / TensorRT.
+            cuda_graphs: capture one CUDA graph per batch size (engines only).
+            max_pixels: largest accepted image (width * height), checked before decoding.
+            num_threads: ONNX Runtime intra-op threads (None: its default).
+
+        Raises ModelFileError (missing, foreign, tampered or mismatched file; engines: says to
+        rebuild), ConfigError (unknown or uninstalled backend), NoCudaDeviceError (engine, no GPU).
+        """
+        from retina_deploy.runtime.backends import open_backend
+
+        opened, spec = open_backend(path, backend, device, cuda_graphs=cuda_graphs, num_threads=num_threads)
+        return cls(opened, spec, max_pixels=max_pixels)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
+
+    @property
+    def preprocess_cfg(self) -> PreprocessConfig:
+        return self.spec.preprocess
+
+    @property
+    def min_batch(self) -> int:
+        return int(self.backend.batch_range[0])
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.backend.batch_range[1])
+
+    # ------------------------------------------------------------------ public API
+
+    def detect(self, images: Sequence[ImageInput] | np.ndarray, *, channel_order: str = "rgb") -> list[Detections]:
+        """One ``Detections`` per image of ``images`` (a sequence, or a uint8 array [B, h, w, 3])."""
+        items = _as_list(images)
+        results: list[Detections] = []
+        for start in range(0, len(items), self.max_batch):  # preprocess per chunk: memory stays bounded
+            chunk = items[start : start + self.max_batch]
+            prepared = [self.prepare(img, channel_order=channel_order, index=start + i) for i, img in enumerate(chunk)]
+            results.extend(self.run_prepared(prepared))
+        return results
+
+    def detect_one(self, image: ImageInput, *, channel_order: str = "rgb") -> Detections:
+        """``Detections`` of one image (array or path)."""
+        return self.run_prepared([self.prepare(image, channel_order=channel_order)])[0]
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """The ``retina_deploy.predict.Predictor`` interface: RGB uint8 arrays [h, w, 3]."""
+        return self.detect(images)
+
+    def prepare(self, image: ImageInput, *, channel_order: str = "rgb", index: int | None = None) -> PreparedImage:
+        """Decode (paths, bytes) or validate (arrays) one image and preprocess it.
+
+        ``channel_order`` describes arrays only; files are always decoded as RGB. Raises ImageError
+        naming the file, or the image's position in the batch for arrays.
+        """
+        where = "image" if index is None else f"images[{index}]"
+        if isinstance(image, np.ndarray):
+            try:
+                rgb = as_rgb_array(image, channel_order)
+            except ImageError as e:
+                raise ImageError(f"{where}: {e}") from e
+            if rgb.shape[0] * rgb.shape[1] > self.max_pixels:
+                raise ImageError(f"{where}: {rgb.shape[1]}x{rgb.shape[0]} exceeds max_pixels={self.max_pixels}")
+        elif isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+            rgb = load_image(image, max_pixels=self.max_pixels)
+        else:
+            raise ImageError(f"{where}: expected a uint8 array [h, w, 3], a path or bytes, got {type(image).__name__}")
+        chw, scale = preprocess(rgb, self.spec.preprocess)
+        return PreparedImage(chw, scale, (int(rgb.shape[0]), int(rgb.shape[1])))
+
+    def run_prepared(self, prepared: Sequence[PreparedImage]) -> list[Detections]:
+        """Detections of prepared images, run in chunks of at most ``max_batch``."""
+        results: list[Detections] = []
+        for start in range(0, len(prepared), self.max_batch):
+            chunk = prepared[start : start + self.max_batch]
+            outputs = self.run_batch(np.stack([p.chw for p in chunk]))
+            results.extend(self._to_detections(outputs, chunk))
+        return results
+
+    def run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Backend + host NMS on a preprocessed batch float32 [B, 3, H, W], 1 <= B <= max_batch.
+
+        Returns the detection outputs for the B images: num_dets [B, 1] int32, boxes [B, K, 4]
+        float32 xyxy input pixels, scores [B, K] float32, classes [B, K] int32 (valid up to num_dets).
+        """
+        b = batch.shape[0]
+        if not 1 <= b <= self.max_batch:
+            raise ValueError(f"batch of {b} images is outside 1..{self.max_batch}")
+        if b < self.min_batch:  # an engine profile that starts above 1: pad with blank images
+            pad = np.zeros((self.min_batch - b, *batch.shape[1:]), np.float32)
+            batch = np.concatenate([batch, pad])
+        with self._lock:
+            raw = self.backend.run(np.ascontiguousarray(batch, dtype=np.float32))
+        return self._detection_outputs(raw, b)
+
+    # ------------------------------------------------------------------ post-processing
+
+    def _detection_outputs(self, raw: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
+        nms = self.spec.nms
+        if nms.mode == "none":
+            boxes, scores = _output(raw, "boxes", 3), _output(raw, "scores", 3)
+            if boxes.shape[:2] != scores.shape[:2] or scores.shape[2] != len(self.class_names):
+                raise ModelFileError(
+                    f"dense outputs boxes {list(boxes.shape)} / scores {list(scores.shape)} do not match "
+                    f"{len(self.class_names)} classes"
+                )
+            return detections_from_dense(
+                boxes[:b].astype(np.float32, copy=False),
+                scores[:b].astype(np.float32, copy=False),
+                level_sizes=self.spec.anchors_per_level,
+                topk=nms.topk_per_level,
+                score_thresh=nms.score_thresh,
+                iou_thresh=nms.iou_thresh,
+                max_dets=nms.max_dets,
+            )
+        out = {name: _output(raw, name, nd)[:b] for name, nd in zip(DETECTION_OUTPUTS, (2, 3, 2, 2), strict=True)}
+        return out
+
+    def _to_detections(self, out: dict[str, np.ndarray], chunk: Sequence[PreparedImage]) -> list[Detections]:
+        k = out["scores"].shape[1]
+        num_classes = len(self.class_names)
+        results = []
+        for i, p in enumerate(chunk):
+            n = int(np.clip(out["num_dets"][i, 0], 0, k))
+            classes = out["classes"][i, :n].astype(np.int64)
+            if n and (classes.min() < 0 or classes.max() >= num_classes):
+                raise ModelFileError(f"model returned class ids outside 0..{num_classes - 1}: {np.unique(classes)}")
+            results.append(
+                make_detections(
+                    out["boxes"][i, :n],
+                    out["scores"][i, :n],
+                    classes,
+                    self.class_names,
+                    scale=p.scale,
+                    orig_hw=p.orig_hw,
+                )
+            )
+        return results
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        with self._lock:
+            self.backend.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _output(raw: dict[str, np.ndarray], name: str, ndim: int) -> np.ndarray:
+    """Output ``name`` of the backend, checked to have ``ndim`` dims; ModelFileError otherwise."""
+    if name not in raw:
+        raise ModelFileError(f"model has no output {name!r} (outputs: {sorted(raw)})")
+    value = np.asarray(raw[name])
+    if value.ndim != ndim:
+        raise ModelFileError(f"model output {name!r} has shape {list(value.shape)}, expected {ndim} dims")
+    return value
+
+
+def _as_list(images: Sequence[ImageInput] | np.ndarray) -> list[ImageInput]:
+    """A list of single images from a sequence or a 4-D array; a lone image is an error naming the fix."""
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return list(images)
+        raise ImageError(
+            f"detect() takes a sequence of images or an array [B, h, w, 3], got an array of shape "
+            f"{list(images.shape)}; use detect_one() for a single image"
+        )
+    if isinstance(images, (str, os.PathLike, bytes, bytearray)):
+        raise ImageError("detect() takes a sequence of images; use detect_one() for a single path or bytes")
+    try:
+        return list(images)
+    except TypeError as e:
+        raise ImageError(f"detect() takes a sequence of images, got {type(images).__name__}") from e

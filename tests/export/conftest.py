@@ -1,0 +1,30 @@
+"""Session fixtures of the export tests: a ResNet-18 checkpoint and its three exports (see export_helpers)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from export_helpers import BATCH, make_checkpoint
+
+from retina_deploy.export.onnx_export import ExportConfig, export_onnx
+
+
+@pytest.fixture(scope="session")
+def r18_checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("r18") / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def r18_exports(tmp_path_factory, r18_checkpoint) -> dict[str, Any]:
+    """The ResNet-18 checkpoint exported with each --nms mode; export seconds in ``times``."""
+    out = tmp_path_factory.mktemp("r18_onnx")
+    files, times = {}, {}
+    for nms in ("onnx", "efficient", "none"):
+        start = time.perf_counter()
+        files[nms] = export_onnx(r18_checkpoint, out / f"r18_{nms}.onnx", ExportConfig(nms=nms, batch=BATCH))
+        times[nms] = time.perf_counter() - start
+    files["times"] = times
+    return files

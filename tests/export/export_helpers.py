@@ -1,0 +1,86 @@
+"""Helpers of the export tests: seeded random checkpoints that produce detections, and test images.
+
+Random weights give near-constant scores (all anchors score ~prior_prob); the head is re-initialised
+so that logits spread (std ~1.5 around -2) and boxes move (deltas std ~0.2), which gives hundreds of
+candidates with well-separated scores. Images fill the whole canvas with noise: constant padding
+would give many anchors exactly the same score, and ties may be ordered differently by two runtimes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from retina_deploy.checkpoint import save_checkpoint
+from retina_deploy.config import ModelConfig
+from retina_deploy.model import build_model
+from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
+
+SIZE = (128, 256)  # not square: a swapped H/W fails the tests
+BATCH = (1, 2, 4)
+# Settings shared by the PyTorch model (eval post-processing) and the export flags.
+DETECTOR = dict(num_classes=4, score_thresh=0.5, topk_candidates=200, detections_per_img=100, nms_thresh=0.5)
+
+
+def make_detector(cfg: ModelConfig, seed: int, size: tuple[int, int] = SIZE) -> nn.Module:
+    """A RetinaNet whose random head gives spread-out scores and moving boxes (see the module docstring)."""
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    cls_head, reg_head = model.head.classification_head, model.head.regression_head
+    with torch.no_grad():
+        for tower in (cls_head.conv, reg_head.conv):
+            for m in tower.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight)
+        features = model.backbone(torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(seed)))
+        for tower, conv, std in ((cls_head.conv, cls_head.cls_logits, 1.5), (reg_head.conv, reg_head.bbox_reg, 0.2)):
+            out = torch.cat([(conv(tower(f)) - conv.bias[:, None, None]).flatten() for f in features])
+            conv.weight.mul_(std / out.std())
+        cls_head.cls_logits.bias.normal_(-2.0, 0.5)
+        reg_head.bbox_reg.bias.zero_()
+    return model
+
+
+def make_checkpoint(out_dir: Path, backbone: str = "resnet18", seed: int = 0, size=SIZE, **overrides) -> Path:
+    cfg = ModelConfig(backbone=backbone, **{**DETECTOR, **overrides})
+    model = make_detector(cfg, seed, size)
+    names = [f"class_{i}" for i in range(cfg.num_classes)]
+    return save_checkpoint(model, out_dir, class_names=names, preprocess=PreprocessConfig(size=size))
+
+
+def noise_images(n: int, size=SIZE, seed: int = 1) -> np.ndarray:
+    """``n`` preprocessed images [n, 3, H, W]: random RGB noise at half size, upscaled to fill the canvas."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    cfg = PreprocessConfig(size=size)
+    return np.stack([preprocess(rng.integers(0, 256, (h // 2, w // 2, 3), dtype=np.uint8), cfg)[0] for _ in range(n)])
+
+
+def assert_same_detections(ours: dict, torch_det: dict, *, box_rtol: float = 1e-3, score_tol: float = 1e-4) -> None:
+    """ONNX detections of one image (num_dets [1], boxes [K, 4], scores [K], classes [K]) == PyTorch's.
+
+    Same count; every PyTorch detection has a twin with the same class, score within ``score_tol`` and
+    box within ``box_rtol`` relative (+1e-3 px absolute). Twins are paired, not zipped: scores that
+    tie to ~1e-6 may come out in either order.
+    """
+    n = int(ours["num_dets"][0])
+    ref_boxes = torch_det["boxes"].numpy()
+    ref_scores = torch_det["scores"].numpy()
+    ref_labels = torch_det["labels"].numpy()
+    assert n == len(ref_scores), f"{n} detections, PyTorch has {len(ref_scores)}"
+    assert not ours["scores"][n:].any() and not ours["boxes"][n:].any() and not ours["classes"][n:].any()
+    np.testing.assert_allclose(ours["scores"][:n], ref_scores, rtol=0, atol=score_tol)
+    unused = set(range(n))
+    for i in range(n):
+        twins = [
+            j
+            for j in unused
+            if ours["classes"][j] == ref_labels[i]
+            and abs(ours["scores"][j] - ref_scores[i]) <= score_tol
+            and np.allclose(ours["boxes"][j], ref_boxes[i], rtol=box_rtol, atol=1e-3)
+        ]
+        assert twins, f"PyTorch detection {i} ({ref_labels[i]}, {ref_scores[i]:.5f}, {ref_boxes[i]}) has no twin"
+        unused.remove(twins[0])

@@ -1,0 +1,224 @@
+"""Bad inputs through the whole Detector: every case is a typed error naming the input, fast, never a crash.
+
+Images: corrupt, truncated, empty, huge-header, wrong-format files and bytes, wrong arrays.
+Model files: foreign, truncated, tampered ONNX files; foreign, tampered, forged engines.
+Weight-only edits of an ONNX file cannot be detected (ONNX files carry no signature; engines do).
+"""
+
+import io
+import json
+import struct
+import time
+import zlib
+
+import numpy as np
+import onnx
+import pytest
+from detector_models import exported, images
+from onnx import TensorProto, helper
+from PIL import Image
+
+from retina_deploy.errors import ImageError, ModelFileError, RetinaDeployError
+from retina_deploy.runtime.detector import Detector
+from retina_deploy.runtime.manifest import manifest_path, write_manifest
+
+MAX_SECONDS = 5.0
+
+
+@pytest.fixture(scope="module")
+def detector():
+    with Detector.load(exported("onnx"), max_pixels=4_000_000) as det:
+        yield det
+
+
+def _encode(fmt, size=(64, 48), **kw):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size[1], size[0], 3), 120, np.uint8)).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_bomb(width, height):
+    """A few hundred bytes whose header claims width x height RGB pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + body + _png_chunk(b"IEND", b"")
+
+
+IMAGE_FILES = {
+    "empty": (b"", "empty"),
+    "text": (b"hello, I am not an image\n" * 10, "unrecognised"),
+    "truncated_png": (_encode("PNG", (300, 200))[:200], "truncated|corrupt"),
+    "truncated_jpeg": (_encode("JPEG", (300, 200))[:300], "truncated|corrupt"),
+    "corrupt_png_body": (_encode("PNG")[:40] + b"\xff" * 400, "truncated|corrupt"),
+    "jpeg_soi_then_noise": (b"\xff\xd8\xff" + bytes(range(256)) * 4, "corrupt|unrecognised|truncated"),
+    "huge_header_png": (_png_bomb(60_000, 60_000), "exceeds the limit|decompression bomb"),
+    "wide_header_png": (_png_bomb(2_100_000, 2), "exceeds the limit|decompression bomb"),
+    "gif": (_encode("GIF"), "format GIF is not accepted"),
+    "tiff": (_encode("TIFF"), "format TIFF is not accepted"),
+    "webp": (_encode("WEBP"), "format WEBP is not accepted"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMAGE_FILES))
+def test_bad_image_files_and_bytes(detector, tmp_path, case):
+    data, message = IMAGE_FILES[case]
+    path = tmp_path / f"{case}.img"
+    path.write_bytes(data)
+    sources = [path, str(path)] + ([data] if data else [])
+    for source in sources:
+        t0 = time.monotonic()
+        with pytest.raises(ImageError, match=message) as info:
+            detector.detect([images()[0], source])
+        assert time.monotonic() - t0 < MAX_SECONDS
+        if not isinstance(source, bytes):
+            assert str(path) in str(info.value)  # the message names the file
+    with pytest.raises(ImageError):
+        detector.detect_one(data if data else path)
+
+
+def test_missing_file_and_directory(detector, tmp_path):
+    with pytest.raises(ImageError, match="no such image file"):
+        detector.detect([tmp_path / "absent.jpg"])
+    with pytest.raises(ImageError, match="not a regular file"):
+        detector.detect([tmp_path])
+
+
+BAD_ARRAYS = {
+    "float32": (np.zeros((10, 10, 3), np.float32), "uint8"),
+    "bool": (np.zeros((10, 10, 3), bool), "uint8"),
+    "gray_2d": (np.zeros((10, 10), np.uint8), r"\[h, w, 3\]"),
+    "rgba": (np.zeros((10, 10, 4), np.uint8), r"\[h, w, 3\]"),
+    "one_channel": (np.zeros((10, 10, 1), np.uint8), r"\[h, w, 3\]"),
+    "zero_height": (np.zeros((0, 10, 3), np.uint8), r"\[h, w, 3\]"),
+    "chw_layout": (np.zeros((3, 10, 10), np.uint8), r"\[h, w, 3\]"),
+    "too_many_pixels": (np.zeros((2001, 2001, 3), np.uint8), "max_pixels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ARRAYS))
+def test_bad_arrays_name_their_position(detector, case):
+    array, message = BAD_ARRAYS[case]
+    with pytest.raises(ImageError, match=rf"images\[2\].*{message}"):
+        detector.detect([images()[0], images()[1], array])
+
+
+def test_objects_that_are_not_images(detector):
+    for obj in (None, 3.5, {"image": 1}, [[1, 2, 3]]):
+        with pytest.raises(ImageError, match=r"images\[0\]"):
+            detector.detect([obj])
+
+
+# ---------------------------------------------------------------- ONNX files
+
+
+def _foreign_onnx() -> bytes:
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, 256, 256])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 3, 256, 256])
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["out"])], "g", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _with_metadata(change) -> bytes:
+    model = onnx.load(str(exported("onnx")))
+    props = {p.key: p.value for p in model.metadata_props}
+    change(props)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    return model.SerializeToString()
+
+
+def _renamed_output() -> bytes:
+    model = onnx.load(str(exported("onnx")))
+    old = model.graph.output[1].name
+    model.graph.output[1].name = "renamed"
+    for node in model.graph.node:
+        node.output[:] = ["renamed" if o == old else o for o in node.output]
+    return model.SerializeToString()
+
+
+def _nms_of(mode):
+    def change(props):
+        nms = json.loads(props["nms"])
+        nms["mode"] = mode
+        props["nms"] = json.dumps(nms)
+
+    return change
+
+
+ONNX_CASES = {
+    "empty": (lambda: b"", "not a loadable ONNX file|no such|truncated"),
+    "random_bytes": (lambda: bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not a loadable"),
+    "truncated": (lambda: exported("onnx").read_bytes()[:100_000], "not a loadable ONNX file"),
+    "a_jpeg_renamed": (lambda: _encode("JPEG"), "not a loadable ONNX file"),
+    "foreign_model": (_foreign_onnx, "not a retina-deploy ONNX file"),
+    "metadata_format_changed": (lambda: _with_metadata(lambda p: p.update(format='"other"')), "not a retina-deploy"),
+    "metadata_not_json": (lambda: _with_metadata(lambda p: p.update(class_names="[oops")), "malformed"),
+    "metadata_key_removed": (lambda: _with_metadata(lambda p: p.pop("nms")), "lacks"),
+    "metadata_says_dense_outputs": (lambda: _with_metadata(_nms_of("none")), "outputs"),
+    "output_renamed": (_renamed_output, "outputs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONNX_CASES))
+def test_bad_onnx_files(tmp_path, case):
+    make, message = ONNX_CASES[case]
+    path = tmp_path / f"{case}.onnx"
+    path.write_bytes(make())
+    t0 = time.monotonic()
+    with pytest.raises(ModelFileError, match=message) as info:
+        Detector.load(path)
+    assert str(path) in str(info.value)
+    assert time.monotonic() - t0 < MAX_SECONDS * 4
+
+
+# ---------------------------------------------------------------- engine files
+
+
+def _engine_with_manifest(tmp_path, data: bytes, **overrides):
+    path = tmp_path / "model.engine"
+    path.write_bytes(data)
+    kw = dict(
+        flavour="tensorrt-rtx",
+        trt_version="1.7.1",
+        precision="fp32",
+        batch_range=(1, 1, 4),
+        input_size=(256, 256),
+        onnx_sha256="1" * 64,
+        class_names=["a"],
+        preprocess={"size": [256, 256]},
+        postprocess={"nms": {}, "anchors_per_level": []},
+    )
+    kw.update(overrides)
+    write_manifest(path, **kw)
+    return path
+
+
+def test_foreign_engine_without_manifest(tmp_path):
+    path = tmp_path / "foreign.engine"
+    path.write_bytes(b"some vendor's engine" * 100)
+    with pytest.raises(ModelFileError, match="no manifest .* beside the engine"):
+        Detector.load(path)
+
+
+def test_tampered_engine_and_manifest(tmp_path):
+    path = _engine_with_manifest(tmp_path, b"engine" * 1000)
+    path.write_bytes(b"Engine" + b"engine" * 999)
+    with pytest.raises(ModelFileError, match="sha256 .* differs"):
+        Detector.load(path)
+    manifest_path(path).write_text(manifest_path(path).read_text()[:-20])
+    with pytest.raises(ModelFileError, match="unreadable engine manifest"):
+        Detector.load(path)
+
+
+def test_forged_engine_is_a_typed_error(tmp_path):
+    # right sha256, garbage bytes: TensorRT's validity check (GPU) or the missing GPU (here) stops it
+    path = _engine_with_manifest(tmp_path, b"\x00forged" * 5000)
+    with pytest.raises(RetinaDeployError):
+        Detector.load(path, backend="tensorrt-rtx")
+    with pytest.raises(RetinaDeployError):
+        Detector.load(path, backend="ort-cpu")
