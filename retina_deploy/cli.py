@@ -88,13 +88,23 @@ def _add_convert_weights(sub) -> None:
 # -- eval / predict ------------------------------------------------------------------------------
 
 
+def _add_device_flags(p) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (engines always run on a GPU)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt", "tensorrt-rtx"],
+        help="runtime backend for .onnx / .engine files; auto picks from --device and the engine manifest",
+    )
+
+
 def _eval(args) -> int:
     from retina_deploy.data.coco import load_coco
     from retina_deploy.evaluate import format_metrics_table
     from retina_deploy.fileio import write_json_atomic
     from retina_deploy.predict import evaluate_predictor, load_predictor
 
-    predictor = load_predictor(args.model, device=args.device)
+    predictor = load_predictor(args.model, device=args.device, backend=args.backend)
     coco = load_coco(args.images, args.annotations)
     metrics, results = evaluate_predictor(predictor, coco, batch_size=args.batch_size, progress=_progress_enabled())
     print(format_metrics_table(metrics))
@@ -111,7 +121,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--images", type=Path, required=True, help="images folder")
     p.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    _add_device_flags(p)
     p.add_argument("--json", type=Path, help="write the metrics here as JSON")
     p.add_argument("--results", type=Path, help="write the detections here in COCO results format")
 
@@ -119,7 +129,7 @@ def _add_eval(sub) -> None:
 def _predict(args) -> int:
     from retina_deploy.predict import load_predictor, predict_files
 
-    predictor = load_predictor(args.model, device=args.device)
+    predictor = load_predictor(args.model, device=args.device, backend=args.backend)
     records, errors = predict_files(
         predictor,
         args.images,
@@ -142,7 +152,191 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--draw-thresh", type=float, default=0.3, help="draw boxes scoring at least this")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    _add_device_flags(p)
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+_TRAIN_FLAGS = (
+    "val_images",
+    "val_annotations",
+    "backbone",
+    "backbone_norm",
+    "backbone_weights",
+    "head_norm",
+    "box_loss",
+    "batch_size",
+    "epochs",
+    "iters",
+    "max_minutes",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_iters",
+    "schedule",
+    "grad_clip",
+    "amp",
+    "workers",
+    "seed",
+    "hflip",
+    "checkpoint_every_iters",
+    "device",
+)
+
+
+def _train(args) -> int:
+    from retina_deploy.train import train
+    from retina_deploy.train_config import TrainConfig
+
+    if args.resume:
+        overrides = {k: getattr(args, k) for k in ("workers", "device") if getattr(args, k) is not None}
+        cfg = TrainConfig.for_resume(args.resume, **overrides)
+    else:
+        if args.images is None or args.annotations is None or args.out is None:
+            raise RetinaDeployError("--images, --annotations and --out are required (or --resume RUN/)")
+        given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+        if args.size:
+            given["size"] = tuple(args.size)
+        if args.scale_jitter:
+            given["scale_jitter"] = tuple(args.scale_jitter)
+        cfg = TrainConfig(images=args.images, annotations=args.annotations, out=args.out, **given)
+    run_dir = train(cfg)
+    print(f"run folder {run_dir}: best/ and last/ checkpoints, metrics.csv")
+    return 0
+
+
+def _add_train(sub) -> None:
+    from retina_deploy.train_config import TrainConfig
+
+    d = TrainConfig.__dataclass_fields__
+    p = _add(sub, "train", "Train a RetinaNet on a COCO-format dataset (CPU, one GPU, or torchrun for many).", _train)
+    p.add_argument("--images", type=Path, help="training images folder")
+    p.add_argument("--annotations", type=Path, help="training COCO instances JSON")
+    p.add_argument("--val-images", type=Path, help="validation images folder (mAP every epoch)")
+    p.add_argument("--val-annotations", type=Path, help="validation COCO instances JSON")
+    p.add_argument("--out", type=Path, help="run folder to create (must be absent or empty)")
+    p.add_argument("--resume", type=Path, help="continue the run in this folder exactly where it stopped")
+    m = p.add_argument_group("model")
+    m.add_argument(
+        "--backbone",
+        choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
+        help=f"ResNet depth (default: {d['backbone'].default})",
+    )
+    m.add_argument(
+        "--backbone-norm",
+        choices=["frozen_bn", "bn"],
+        help="frozen_bn to fine-tune ImageNet weights; bn to train from scratch with batch >= 8"
+        f" (default: {d['backbone_norm'].default})",
+    )
+    m.add_argument("--backbone-weights", type=Path, help="local torchvision ImageNet ResNet file (never downloaded)")
+    m.add_argument("--head-norm", choices=["none", "groupnorm"], help=f"(default: {d['head_norm'].default})")
+    m.add_argument("--box-loss", choices=["l1", "giou"], help=f"(default: {d['box_loss'].default})")
+    m.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help=f"input size, multiples of 128 (default: {' '.join(map(str, d['size'].default))})",
+    )
+    o = p.add_argument_group("schedule (the first length reached ends the run)")
+    o.add_argument("--epochs", type=int, help="length in epochs")
+    o.add_argument("--iters", type=int, help="length in iterations")
+    o.add_argument("--max-minutes", type=float, help="length in minutes of wall time")
+    o.add_argument("--batch-size", type=int, help=f"images per process per step (default: {d['batch_size'].default})")
+    o.add_argument("--optimizer", choices=["sgd", "adamw"], help=f"(default: {d['optimizer'].default})")
+    o.add_argument("--lr", type=float, help="base learning rate (default: 0.01 sgd, 3e-4 adamw)")
+    o.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d['momentum'].default})")
+    o.add_argument("--weight-decay", type=float, help="(default: 1e-4 sgd, 0.05 adamw)")
+    o.add_argument("--warmup-iters", type=int, help=f"linear warm-up (default: {d['warmup_iters'].default})")
+    o.add_argument("--schedule", choices=["cosine", "step"], help=f"(default: {d['schedule'].default})")
+    o.add_argument("--grad-clip", type=float, help=f"max gradient norm (default: {d['grad_clip'].default})")
+    o.add_argument(
+        "--amp",
+        choices=["auto", "none", "bf16", "fp16"],
+        help=f"mixed precision; auto = bf16 where native (default: {d['amp'].default})",
+    )
+    o.add_argument("--hflip", type=float, help=f"horizontal flip probability (default: {d['hflip'].default})")
+    o.add_argument("--scale-jitter", type=float, nargs=2, metavar=("LOW", "HIGH"), help="random scale range")
+    r = p.add_argument_group("run")
+    r.add_argument("--workers", type=int, help=f"data loader processes (default: {d['workers'].default})")
+    r.add_argument("--seed", type=int, help=f"(default: {d['seed'].default})")
+    r.add_argument(
+        "--checkpoint-every-iters",
+        type=int,
+        help=f"save last/ for --resume this often (default: {d['checkpoint_every_iters'].default})",
+    )
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"(default: {d['device'].default})")
+
+
+# -- export-onnx ---------------------------------------------------------------------------------
+
+
+def _export_onnx(args) -> int:
+    import time
+
+    from retina_deploy.export.onnx_export import ExportConfig, export_onnx
+
+    cfg = ExportConfig(
+        size=tuple(args.size) if args.size else None,
+        batch=tuple(args.batch),
+        nms=args.nms,
+        max_dets=args.max_dets,
+        score_thresh=args.score_thresh,
+        iou_thresh=args.iou_thresh,
+        topk_per_level=args.topk_per_level,
+        opset=args.opset,
+        simplify=not args.no_simplify,
+    )
+    t0 = time.perf_counter()
+    out = export_onnx(args.checkpoint, args.out, cfg)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, nms={args.nms}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _add_export_onnx(sub) -> None:
+    p = _add(sub, "export-onnx", "Export a checkpoint to ONNX with decode and NMS inside the graph.", _export_onnx)
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder")
+    p.add_argument("out", type=Path, help="ONNX file to write")
+    p.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), help="input size, multiples of 128 (default: the checkpoint's)"
+    )
+    p.add_argument(
+        "--batch", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"), default=[1, 1, 8], help="dynamic batch range"
+    )
+    p.add_argument(
+        "--nms",
+        choices=["onnx", "efficient", "none"],
+        default="onnx",
+        help="onnx: NonMaxSuppression op; efficient: EfficientNMS_TRT plugin (TensorRT 10); none: all decoded boxes",
+    )
+    p.add_argument("--max-dets", type=int, help="detections per image K (default: the checkpoint's, 300)")
+    p.add_argument("--score-thresh", type=float, help="(default: the checkpoint's, 0.05)")
+    p.add_argument("--iou-thresh", type=float, help="class-aware NMS IoU (default: the checkpoint's, 0.5)")
+    p.add_argument("--topk-per-level", type=int, help="candidates per FPN level (default: the checkpoint's, 1000)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (13..20)")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def _demo(args) -> int:
+    from retina_deploy.demo import run_demo
+
+    run_demo(args.out, minutes=args.minutes, backbone=args.backbone, size=args.size, progress=_progress_enabled())
+    print(f"summary: {args.out / 'summary.json'}; pictures: {args.out / 'predictions'}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = _add(
+        sub, "demo", "The whole pipeline on synthetic data: make-shapes, train, eval, export-onnx, predict.", _demo
+    )
+    p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (a previous demo's is replaced)")
+    p.add_argument("--minutes", type=float, default=4.0, help="training budget in minutes")
+    p.add_argument("--backbone", default="resnet18", help="ResNet depth")
+    p.add_argument("--size", type=int, default=256, help="input size (square, multiple of 128)")
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -157,7 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"retina-deploy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_make_shapes, _add_convert_weights, _add_eval, _add_predict):
+    for add in (
+        _add_make_shapes,
+        _add_train,
+        _add_convert_weights,
+        _add_eval,
+        _add_predict,
+        _add_export_onnx,
+        _add_demo,
+    ):
         add(sub)
     return parser
 

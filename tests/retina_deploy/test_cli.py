@@ -9,7 +9,7 @@ from PIL import Image
 
 from retina_deploy.cli import build_parser, main
 
-VERBS = ["make-shapes", "convert-weights", "eval", "predict"]
+VERBS = ["make-shapes", "train", "convert-weights", "eval", "predict", "export-onnx", "demo"]
 
 
 def test_help_for_every_verb_shows_defaults(capsys):
@@ -97,6 +97,11 @@ def test_eval_on_synthetic_set(converted, tmp_path, capsys):
         (["eval", "model.pth", "--images", "i", "--annotations", "a.json"], "not a model"),
         (["convert-weights", "missing.pth", "out"], "no such file"),
         (["make-shapes", "o", "--num-images", "0"], "num_images"),
+        (["export-onnx", "missing", "m.onnx"], "no such checkpoint"),
+        (["export-onnx", "ck", "m.onnx", "--size", "300", "256"], "nearest valid: 256 or 384"),
+        (["export-onnx", "ck", "m.onnx", "--batch", "4", "4", "2"], "MIN"),
+        (["export-onnx", "ck", "m.onnx", "--max-dets", "0"], "max-dets must be >= 1"),
+        (["train", "--images", "i", "--annotations", "a.json", "--out", "r"], "length"),
     ],
 )
 def test_bad_input_is_one_line_exit_1(tmp_path, monkeypatch, capsys, argv, message):

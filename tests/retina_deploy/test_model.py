@@ -132,6 +132,16 @@ def test_losses_empty_targets_and_gradients():
     assert model.head.regression_head.bbox_reg.weight.grad.abs().sum() > 0
 
 
+def test_box_head_gets_a_gradient_without_foreground():
+    # DistributedDataParallel fails on the next step if a parameter got no gradient in this one.
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", num_classes=3)).train()
+    losses = model(torch.randn(2, 3, 128, 128), [_targets([], []), _targets([], [])])
+    (losses["loss_cls"] + losses["loss_box"]).backward()
+    assert losses["loss_box"].item() == 0.0
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_giou_loss_zero_for_perfect_boxes():
     from retina_deploy.model.loss import _box_loss
 

@@ -1,0 +1,95 @@
+"""``retina-deploy demo``: the whole pipeline on the embedded synthetic data, on CPU or GPU.
+
+make-shapes -> train (ResNet-18, from scratch) -> eval the checkpoint -> export-onnx -> eval the ONNX
+file through the runtime -> predict pictures. Writes ``summary.json`` with every stage's numbers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from retina_deploy.errors import ConfigError
+from retina_deploy.fileio import write_json_atomic
+
+SUMMARY = "summary.json"
+
+
+def _prepare_out(out: Path) -> None:
+    """Reuse a previous demo's folder; refuse to write into any other non-empty folder."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / SUMMARY).exists() and not (out / "data").exists():
+            raise ConfigError(f"{out} is not empty and not a previous demo's folder; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_demo(
+    out: str | Path,
+    *,
+    minutes: float = 4.0,
+    backbone: str = "resnet18",
+    size: int = 256,
+    num_train: int = 400,
+    num_val: int = 50,
+    seed: int = 0,
+    progress: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Run every stage; returns (and writes to ``out/summary.json``) the numbers of each."""
+    from retina_deploy.data.coco import load_coco
+    from retina_deploy.data.shapes import make_shapes
+    from retina_deploy.export.onnx_export import ExportConfig, export_onnx
+    from retina_deploy.predict import evaluate_predictor, load_predictor, predict_files
+    from retina_deploy.train import train
+    from retina_deploy.train_config import TrainConfig
+
+    out = Path(out)
+    _prepare_out(out)
+    summary: dict[str, Any] = {"backbone": backbone, "size": size, "train_minutes": minutes}
+    t0 = time.perf_counter()
+    train_dir = make_shapes(out / "data" / "train", num_images=num_train, size=size, seed=seed)
+    val_dir = make_shapes(out / "data" / "val", num_images=num_val, size=size, seed=seed + 1)
+    log(f"[1/5] make-shapes: {num_train} train + {num_val} val images ({time.perf_counter() - t0:.0f} s)")
+
+    cfg = TrainConfig(
+        images=train_dir / "images",
+        annotations=train_dir / "annotations.json",
+        val_images=val_dir / "images",
+        val_annotations=val_dir / "annotations.json",
+        out=out / "run",
+        backbone=backbone,
+        backbone_norm="bn",  # from scratch: no ImageNet weights are downloaded
+        size=(size, size),
+        batch_size=8,
+        optimizer="adamw",
+        warmup_iters=50,
+        max_minutes=minutes,
+        epochs=1000,
+        seed=seed,
+    )
+    t0 = time.perf_counter()
+    run_dir = train(cfg)
+    log(f"[2/5] train: {minutes:g} min budget, run folder {run_dir} ({time.perf_counter() - t0:.0f} s)")
+
+    val = load_coco(val_dir / "images", val_dir / "annotations.json")
+    ckpt = run_dir / "best"
+    metrics, _ = evaluate_predictor(load_predictor(ckpt), val, progress=progress)
+    summary["checkpoint"] = {"path": str(ckpt), "metrics": metrics}
+    log(f"[3/5] eval checkpoint: AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}")
+
+    t0 = time.perf_counter()
+    onnx_path = export_onnx(ckpt, out / "model.onnx", ExportConfig(batch=(1, 4, 8)))
+    export_s = time.perf_counter() - t0
+    onnx_metrics, _ = evaluate_predictor(load_predictor(onnx_path), val, progress=progress)
+    summary["onnx"] = {"path": str(onnx_path), "export_seconds": round(export_s, 1), "metrics": onnx_metrics}
+    log(f"[4/5] export-onnx + eval with ONNX Runtime: AP {onnx_metrics['AP']:.3f}, AP50 {onnx_metrics['AP50']:.3f}")
+
+    images = sorted((val_dir / "images").iterdir())[:6]
+    records, _ = predict_files(load_predictor(onnx_path), images, out / "predictions")
+    summary["predictions"] = {"folder": str(out / "predictions"), "images": len(records)}
+    log(f"[5/5] predict: {len(records)} annotated images in {out / 'predictions'}")
+    write_json_atomic(out / SUMMARY, summary)
+    return summary

@@ -1,0 +1,122 @@
+"""The files of a training run folder, and their safe reading and writing.
+
+::
+
+    RUN/config.json      {"format": "retina-deploy/run", "train": TrainConfig, "model": ModelConfig,
+                          "class_names": [...], "preprocess": PreprocessConfig}
+    RUN/last/, RUN/best/ checkpoints (``retina_deploy.checkpoint``); best/ only with a validation set
+    RUN/train_state.pt   everything a resume needs (model, optimizer, progress, RNG), one atomic file
+    RUN/metrics.csv      per-iteration losses and lr, per-validation AP (``engine.MetricsLog``)
+    RUN/train.log        the log of rank 0
+
+``train_state.pt`` repeats the model weights so that it is self-consistent: a kill between writing
+``last/`` and the state file can never pair weights with another iteration's optimizer state.
+It holds only tensors, numbers, strings, lists and dicts, and is read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retina_deploy.errors import CheckpointError, ConfigError
+from retina_deploy.fileio import atomic_path, write_json_atomic
+
+RUN_FORMAT = "retina-deploy/run"
+STATE_FORMAT = "retina-deploy/train-state"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+STATE_NAME = "train_state.pt"
+METRICS_NAME = "metrics.csv"
+LOG_NAME = "train.log"
+LAST_NAME = "last"
+BEST_NAME = "best"
+RUN_CONFIG_KEYS = ("format", "format_version", "train", "model", "class_names", "preprocess")
+
+
+def check_new_run_dir(out: Path) -> None:
+    """A new run needs ``out`` absent or an empty folder; anything else might be a previous run."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        what = "a previous run" if (out / CONFIG_NAME).is_file() else "files"
+        raise ConfigError(f"--out {out} already holds {what}; use --resume {out} to continue it, or another --out")
+
+
+def write_run_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Create ``run_dir`` and write its ``config.json`` (``config`` holds the RUN_CONFIG_KEYS but format*)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / CONFIG_NAME, {"format": RUN_FORMAT, "format_version": FORMAT_VERSION, **config})
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a run folder; ConfigError when the folder is not a training run."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: not a training run folder ({CONFIG_NAME} is missing)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict) or raw.get("format") != RUN_FORMAT:
+        raise ConfigError(f"{path}: not a training run config (format is not {RUN_FORMAT!r})")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"{path}: format_version {raw.get('format_version')!r} is not {FORMAT_VERSION}")
+    if sorted(raw) != sorted(RUN_CONFIG_KEYS):
+        raise ConfigError(f"{path}: keys {sorted(raw)} differ from {sorted(RUN_CONFIG_KEYS)}")
+    return raw
+
+
+def save_train_state(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write ``train_state.pt`` atomically (temp file + rename)."""
+    with atomic_path(run_dir / STATE_NAME) as tmp:
+        torch.save({"format": STATE_FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
+
+
+def load_train_state(run_dir: Path) -> dict[str, Any] | None:
+    """The saved state of a run, or None when it was stopped before its first checkpoint."""
+    path = run_dir / STATE_NAME
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
+        raise CheckpointError(f"{path}: unreadable train state ({type(e).__name__}: {str(e)[:160]})") from e
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a retina-deploy train state")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {state.get('format_version')!r} is not {FORMAT_VERSION}")
+    return state
+
+
+def attach_run_log(run_dir: Path) -> Callable[[], None]:
+    """Send the toolkit's INFO logs to ``run_dir/train.log`` (and to stderr if logging is not configured).
+
+    Returns a function that detaches the handlers again.
+    """
+    logger = logging.getLogger("retina_deploy")
+    handlers: list[logging.Handler] = [logging.FileHandler(run_dir / LOG_NAME, encoding="utf-8")]
+    if not logging.getLogger().handlers:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    old_level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    for handler in handlers:
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+
+    def detach() -> None:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(old_level)
+
+    return detach

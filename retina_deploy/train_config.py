@@ -1,0 +1,167 @@
+"""``TrainConfig``: everything a training run depends on (frozen; unknown keys raise; saved in the run folder)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retina_deploy import run_files
+from retina_deploy.config import ModelConfig
+from retina_deploy.errors import ConfigError
+from retina_deploy.runtime.preprocess import PreprocessConfig, from_dict_strict
+
+DEFAULT_LR = {"sgd": 0.01, "adamw": 3e-4}
+DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}
+RESUME_OVERRIDABLE = ("workers", "device")  # may differ from the saved config without changing the results
+PATH_FIELDS = ("images", "annotations", "out", "val_images", "val_annotations", "backbone_weights", "resume")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.json["train"]`` in the run folder.
+
+    images, annotations: the training set (COCO instances JSON + image folder).
+    out: the run folder; must be absent or empty (use ``for_resume`` to continue a run).
+    val_images, val_annotations: optional validation set, evaluated (COCO AP) after every epoch.
+    backbone, backbone_norm, head_norm, box_loss: the model (see ``ModelConfig``). backbone_norm
+        "frozen_bn" fine-tunes from ImageNet weights; "bn" (trainable BatchNorm, SyncBatchNorm across
+        GPUs) is for training from scratch with per-process batches >= 8.
+    backbone_weights: a local torchvision ImageNet ResNet file (.pth or .safetensors), or None (random).
+    size: network input (H, W), multiples of 128.
+    batch_size: images per process per step.
+    epochs, iters, max_minutes: run length; at least one, the first reached ends the run (and completes
+        the lr schedule; with max_minutes the lr follows elapsed time, so a run is not reproducible).
+    optimizer: "sgd" or "adamw"; lr None -> 0.01 (sgd) / 3e-4 (adamw) for the effective batch;
+        weight_decay None -> 1e-4 (sgd) / 0.05 (adamw), never on biases or norm parameters.
+    momentum: SGD momentum.
+    warmup_iters: linear warmup from lr * 0.001, clamped to a third of the run.
+    schedule: "cosine", or "step" (x0.1 at 2/3 and 8/9 of the run).
+    grad_clip: max global gradient L2 norm, None for no clipping (10 only clips loss spikes).
+    amp: "auto" (bf16 where native, fp16 on older GPUs, else float32), "none", "bf16", "fp16" (CUDA).
+    workers: DataLoader worker processes per training process.
+    seed: model init, batch order and augmentation.
+    hflip: horizontal flip probability; scale_jitter: (low, high) factor on the letterbox scale, or None.
+    checkpoint_every_iters: also save last/ + train_state.pt every this many iterations (besides epoch ends).
+    resume: a run folder to continue (``out`` must then be the same folder).
+    device: "auto" (CUDA when available), "cpu" or "cuda"; under torchrun, cuda:LOCAL_RANK.
+    """
+
+    images: Path
+    annotations: Path
+    out: Path
+    val_images: Path | None = None
+    val_annotations: Path | None = None
+    backbone: str = "resnet101"
+    backbone_norm: str = "frozen_bn"
+    backbone_weights: Path | None = None
+    head_norm: str = "none"
+    box_loss: str = "l1"
+    size: tuple[int, int] = (512, 512)
+    batch_size: int = 8
+    epochs: int | None = None
+    iters: int | None = None
+    max_minutes: float | None = None
+    optimizer: str = "sgd"
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    warmup_iters: int = 500
+    schedule: str = "cosine"
+    grad_clip: float | None = 10.0
+    amp: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    hflip: float = 0.5
+    scale_jitter: tuple[float, float] | None = None
+    checkpoint_every_iters: int = 500
+    resume: Path | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in PATH_FIELDS:
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else Path(value))
+        object.__setattr__(self, "size", tuple(int(v) for v in self.size))
+        if self.scale_jitter is not None:
+            object.__setattr__(self, "scale_jitter", tuple(float(v) for v in self.scale_jitter))
+        _validate(self)
+
+    @property
+    def base_lr(self) -> float:
+        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
+    @property
+    def base_weight_decay(self) -> float:
+        return DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None else self.weight_decay
+
+    def model_config(self, num_classes: int) -> ModelConfig:
+        return ModelConfig(
+            backbone=self.backbone,
+            backbone_norm=self.backbone_norm,
+            num_classes=num_classes,
+            head_norm=self.head_norm,
+            box_loss=self.box_loss,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        return from_dict_strict(cls, d, "train")
+
+    @classmethod
+    def for_resume(cls, run_dir: str | Path, **overrides: Any) -> TrainConfig:
+        """The saved config of ``run_dir`` set to resume it; only RESUME_OVERRIDABLE fields may be overridden."""
+        bad = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
+        if bad:
+            raise ConfigError(f"cannot change {bad} when resuming; only {list(RESUME_OVERRIDABLE)} may differ")
+        saved = cls.from_dict(run_files.read_run_config(Path(run_dir))["train"])
+        return dataclasses.replace(saved, resume=Path(run_dir), out=Path(run_dir), **overrides)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    """ConfigError naming the first bad field of ``cfg``."""
+    if cfg.epochs is None and cfg.iters is None and cfg.max_minutes is None:
+        raise ConfigError("give the run a length: epochs, iters and/or max_minutes (the first reached ends it)")
+    for name in ("epochs", "iters", "batch_size", "checkpoint_every_iters"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    for name in ("workers", "seed", "warmup_iters"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+    for name in ("max_minutes", "lr", "grad_clip"):
+        value = getattr(cfg, name)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be a number > 0 or None, got {value!r}")
+    if cfg.weight_decay is not None and not cfg.weight_decay >= 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {cfg.weight_decay!r}")
+    if not 0.0 <= cfg.momentum < 1.0:
+        raise ConfigError(f"momentum must be in [0, 1), got {cfg.momentum!r}")
+    for name, value, choices in (
+        ("optimizer", cfg.optimizer, tuple(DEFAULT_LR)),
+        ("schedule", cfg.schedule, ("cosine", "step")),
+        ("amp", cfg.amp, ("auto", "none", "bf16", "fp16")),
+        ("device", cfg.device, ("auto", "cpu", "cuda")),
+    ):
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+    if (cfg.val_images is None) != (cfg.val_annotations is None):
+        raise ConfigError("give both val_images and val_annotations, or neither")
+    if cfg.resume is not None and cfg.out.resolve() != cfg.resume.resolve():
+        raise ConfigError(f"a resumed run continues in its folder: out {cfg.out} must be resume {cfg.resume}")
+    PreprocessConfig(size=cfg.size)  # sizes must be multiples of 128
+    cfg.model_config(num_classes=1)  # backbone, norms and box loss names
+    if not 0.0 <= cfg.hflip <= 1.0:
+        raise ConfigError(f"hflip must be a probability in [0, 1], got {cfg.hflip!r}")
+    if cfg.scale_jitter is not None and not (
+        len(cfg.scale_jitter) == 2 and 0 < cfg.scale_jitter[0] <= cfg.scale_jitter[1]
+    ):
+        raise ConfigError(f"scale_jitter must be (low, high) with 0 < low <= high, got {cfg.scale_jitter!r}")
