@@ -7,7 +7,6 @@ free-form ``extra`` (training progress, metrics). No pickle is ever loaded from 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from retina_deploy import __version__
 from retina_deploy.config import ModelConfig
 from retina_deploy.errors import CheckpointError, RetinaDeployError
-from retina_deploy.fileio import atomic_path, write_json_atomic
+from retina_deploy.fileio import atomic_path, sha256_file, write_json_atomic
 from retina_deploy.runtime.preprocess import PreprocessConfig
 
 FORMAT = "retina-deploy/checkpoint"
@@ -46,14 +45,6 @@ class CheckpointInfo:
             raise CheckpointError(
                 f"{len(self.class_names)} class names for a model of {self.model.num_classes} classes"
             )
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from retina_deploy.errors import ConfigError, ModelFileError
-from retina_deploy.fileio import write_json_atomic
+from retina_deploy.fileio import sha256_file, write_json_atomic
 from retina_deploy.runtime.preprocess import PreprocessConfig, from_dict_strict
 
 FORMAT = "retina-deploy/engine-manifest"
@@ -118,15 +118,6 @@ def manifest_path(engine_path: str | os.PathLike) -> Path:
 
 def sha256_bytes(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fields_from_onnx_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,13 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from export_helpers import noise_images
-from torch import nn
-from torchvision.models import resnet18
-from torchvision.models.detection import RetinaNet as TVRetinaNet
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision_models import make_torchvision_retinanet
 
 from retina_deploy.convert import convert_torchvision
 from retina_deploy.export.onnx_export import ExportConfig, export_onnx
@@ -25,27 +21,8 @@ from retina_deploy.runtime.preprocess import PreprocessConfig
 SIZE = (128, 256)
 
 
-def make_torchvision_resnet18_retinanet(num_classes: int, seed: int) -> TVRetinaNet:
-    """torchvision's RetinaNet (v1 layout: P6 from P5) on ResNet-18, BatchNorm and biases randomised."""
-    torch.manual_seed(seed)
-    backbone = _resnet_fpn_extractor(
-        resnet18(weights=None), 5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256)
-    )
-    model = TVRetinaNet(backbone, num_classes=num_classes)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.0)
-                m.bias.uniform_(-0.1, 0.1)
-        model.head.classification_head.cls_logits.bias.normal_(-1.5, 1.0)
-        model.head.regression_head.bbox_reg.bias.normal_(0.0, 0.5)
-    return model.eval()
-
-
 def test_none_outputs_equal_torchvision_decoded_head(tmp_path):
-    tv = make_torchvision_resnet18_retinanet(num_classes=5, seed=3)
+    tv = make_torchvision_retinanet(18, num_classes=5, v2=False, seed=3, box_bias_std=0.5)
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
     ckpt = convert_torchvision(tmp_path / "tv.pth", tmp_path / "ckpt", preprocess=PreprocessConfig(size=SIZE))
     path = export_onnx(ckpt, tmp_path / "none.onnx", ExportConfig(nms="none", batch=(1, 2, 2), simplify=False))

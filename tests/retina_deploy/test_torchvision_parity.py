@@ -4,47 +4,16 @@ Seeded random weights (no download); BatchNorm statistics and classifier biases 
 that the comparison covers every parameter and produces detections above the score threshold.
 """
 
-from functools import partial
-
 import pytest
 import torch
-from torch import nn
-from torchvision.models import resnet50, resnet101
 from torchvision.models.detection import RetinaNet as TVRetinaNet
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision_models import make_torchvision_retinanet
 
 from retina_deploy.checkpoint import load_checkpoint
 from retina_deploy.convert import convert_torchvision
 
 TOL = 1e-4
-
-
-def make_torchvision_retinanet(depth: int, num_classes: int, *, v2: bool, seed: int) -> TVRetinaNet:
-    torch.manual_seed(seed)
-    body = {50: resnet50, 101: resnet101}[depth](weights=None)
-    extra = LastLevelP6P7(2048, 256) if v2 else LastLevelP6P7(256, 256)
-    backbone = _resnet_fpn_extractor(body, 5, returned_layers=[2, 3, 4], extra_blocks=extra)
-    head_kwargs = {}
-    if v2:
-        from torchvision.models.detection.retinanet import RetinaNetHead
-
-        head_kwargs["head"] = RetinaNetHead(256, 9, num_classes, norm_layer=partial(nn.GroupNorm, 32))
-    model = TVRetinaNet(backbone, num_classes=num_classes, **head_kwargs)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.0)
-                m.bias.uniform_(-0.1, 0.1)
-            if isinstance(m, nn.GroupNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-        model.head.classification_head.cls_logits.bias.normal_(-1.5, 1.0)
-        model.head.regression_head.bbox_reg.bias.normal_(0.0, 0.2)
-    return model.eval()
 
 
 def torchvision_outputs(model: TVRetinaNet, images: torch.Tensor):
