@@ -318,6 +318,76 @@ def _add_export_onnx(sub) -> None:
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
 
 
+# -- build-engine --------------------------------------------------------------------------------
+
+
+def _build_engine(args) -> int:
+    from retina_deploy.calib.int8 import CalibConfig
+    from retina_deploy.calib.quantize import Int8Config
+    from retina_deploy.export.engine_builder import EngineBuildConfig, build_engine
+
+    if args.fp16 and args.int8:
+        raise RetinaDeployError("choose one of --fp16 and --int8")
+    int8 = None
+    if args.int8:
+        if args.calib_images is None:
+            raise RetinaDeployError("--int8 needs --calib-images DIR")
+        int8 = Int8Config(
+            calib_images=args.calib_images,
+            calib_annotations=args.calib_annotations,
+            calib=CalibConfig(method=args.calib_method, num=args.calib_num, seed=args.calib_seed),
+            cache=args.calib_cache,
+            max_map_drop=args.max_map_drop,
+            val_images=args.val_images,
+            val_annotations=args.val_annotations,
+        )
+    cfg = EngineBuildConfig(
+        precision="fp16" if args.fp16 else "int8" if args.int8 else None,
+        batch=tuple(args.batch) if args.batch else None,
+        workspace_gib=args.workspace,
+        timing_cache=args.timing_cache,
+        flavour=args.flavor,
+        dla_core=args.dla_core,
+        legacy_precision=args.legacy_precision,
+        int8=int8,
+    )
+    result = build_engine(args.onnx, args.out, cfg)
+    print(
+        f"wrote {result.engine_path} ({result.precision}, {result.manifest.flavour} {result.manifest.trt_version},"
+        f" batch {'/'.join(map(str, result.manifest.batch_range))}) in {result.seconds:.1f} s"
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _add_build_engine(sub) -> None:
+    p = _add(
+        sub, "build-engine", "Build a TensorRT or TensorRT-RTX engine (+ manifest) from our ONNX file.", _build_engine
+    )
+    p.add_argument("onnx", type=Path, help="ONNX file from export-onnx")
+    p.add_argument("out", type=Path, help="engine file to write (manifest: OUT.json)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fp16", action="store_true", help="bake FP16 into the graph (I/O, sigmoid, decode, NMS stay FP32)")
+    g.add_argument("--int8", action="store_true", help="insert INT8 Q/DQ calibrated on --calib-images")
+    p.add_argument("--batch", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"), help="profile (default: the ONNX's)")
+    p.add_argument("--workspace", type=float, help="builder workspace limit in GiB")
+    p.add_argument("--timing-cache", type=Path, help="timing cache file, reused and updated")
+    p.add_argument("--flavor", choices=["auto", "tensorrt", "tensorrt-rtx"], default="auto", help="TensorRT flavour")
+    p.add_argument("--dla-core", type=int, help="Jetson DLA core (GPU fallback on)")
+    p.add_argument("--legacy-precision", action="store_true", help="TensorRT < 11: builder flags + INT8 calibrator")
+    c = p.add_argument_group("INT8 calibration")
+    c.add_argument("--calib-images", type=Path, help="folder of JPEG/PNG images (or a COCO images folder)")
+    c.add_argument("--calib-annotations", type=Path, help="COCO JSON selecting the calibration images")
+    c.add_argument("--calib-num", type=int, default=512, help="images sampled (seeded)")
+    c.add_argument("--calib-seed", type=int, default=0, help="sampler seed")
+    c.add_argument("--calib-method", choices=["entropy", "minmax", "percentile"], default="entropy", help="ranges")
+    c.add_argument("--calib-cache", type=Path, help="tensor-range cache (default: beside the INT8 ONNX)")
+    c.add_argument("--max-map-drop", type=float, help="AP points INT8 may lose; sensitive layers stay FP32")
+    c.add_argument("--val-images", type=Path, help="val images for --max-map-drop")
+    c.add_argument("--val-annotations", type=Path, help="val COCO JSON for --max-map-drop")
+
+
 # -- demo ----------------------------------------------------------------------------------------
 
 
@@ -358,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_eval,
         _add_predict,
         _add_export_onnx,
+        _add_build_engine,
         _add_demo,
     ):
         add(sub)
