@@ -1,0 +1,141 @@
+"""The legacy precision path for TensorRT < 11 (``build-engine --legacy-precision``): builder flags and
+``IInt8EntropyCalibrator2`` on the FP32 ONNX file, with TensorRT's own calibration cache.
+
+TensorRT 10.x deprecates both (10.1 / 10.12) and 11.x removes them; the default path bakes the
+precision into the ONNX file instead. Implicit INT8 calibration runs the network on the GPU, so this
+path needs one (as every regular TensorRT build does).
+
+The calibration cache is TensorRT's file; a sidecar ``<cache>.key.json`` records the source ONNX and
+calibration set hashes, and a cache whose key differs is ignored (recalibrated and overwritten).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retina_deploy.calib.sampler import CalibSet
+from retina_deploy.errors import ConfigError
+from retina_deploy.export.trt_flavours import Flavour
+from retina_deploy.fileio import write_bytes_atomic, write_json_atomic
+
+
+def _key_path(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".key.json")
+
+
+def make_legacy_calibrator(
+    flavour: Flavour, calib: CalibSet, *, batch: int, cache_path: str | os.PathLike, key: dict[str, Any]
+) -> Any:
+    """An ``IInt8EntropyCalibrator2`` feeding ``calib`` in batches of ``batch`` (a partial last batch is dropped).
+
+    The device buffer is freed by ``calibrator.free()`` (the builder calls nothing of the kind).
+    """
+    trt = flavour.trt
+    if not flavour.has_calibrator:
+        raise ConfigError(f"{flavour.name} {flavour.version} has no INT8 calibrator; drop --legacy-precision")
+    from retina_deploy.runtime.cuda_mem import DeviceBuffer, check, import_cudart
+
+    cudart = import_cudart()
+    cache = Path(cache_path)
+    h, w = calib.preprocess.size
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self._batches = (b for b in calib.batches(batch) if b.shape[0] == batch)
+            self._device = DeviceBuffer(cudart, batch * 3 * h * w * 4)
+
+        def get_batch_size(self) -> int:
+            return batch
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            host = next(self._batches, None)
+            if host is None:
+                return None
+            host = np.ascontiguousarray(host, dtype=np.float32)
+            kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+            check(cudart, cudart.cudaMemcpy(self._device.ptr, host.ctypes.data, host.nbytes, kind), "cudaMemcpy")
+            return [int(self._device.ptr)]
+
+        def read_calibration_cache(self) -> bytes | None:
+            if cache.is_file() and _key_path(cache).is_file():
+                if json.loads(_key_path(cache).read_text(encoding="utf-8")) == key:
+                    return cache.read_bytes()
+            return None
+
+        def write_calibration_cache(self, data: Any) -> None:
+            write_bytes_atomic(cache, bytes(memoryview(data)))
+            write_json_atomic(_key_path(cache), key)
+
+        def free(self) -> None:
+            self._device.free()
+
+    return EntropyCalibrator()
+
+
+def apply_legacy_precision(
+    flavour: Flavour, config: Any, precision: str, *, calib_profile: Any = None, calibrator: Any | None = None
+) -> None:
+    """Set the weak-typing flags on a builder config: FP16, or INT8 (+ FP16 fallback) with ``calibrator``.
+
+    calib_profile: for INT8, an optimization profile fixed at the calibration batch shape: explicit-batch
+    networks calibrate at the calibration profile's OPT shape, whatever get_batch_size says.
+    """
+    trt = flavour.trt
+    if not flavour.has_precision_flags:
+        raise ConfigError(
+            f"--legacy-precision needs TensorRT < 11 (builder flags); {flavour.name} {flavour.version} builds"
+            " strongly typed networks only: drop --legacy-precision"
+        )
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        if calibrator is None:
+            raise ConfigError("legacy INT8 needs calibration images (--calib-images)")
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = calibrator
+        if calib_profile is not None and hasattr(config, "set_calibration_profile"):
+            config.set_calibration_profile(calib_profile)
+
+
+def setup_legacy(
+    flavour: Flavour, parsed: Any, config: Any, cfg: Any, baked: Any, input_name: str, chw: tuple[int, ...]
+) -> list[Any]:
+    """Legacy flags on ``config`` (and, for INT8, the calibrator with its own profile); returns what must
+    stay alive until the build ends (the calibrator, whose ``free`` releases its device buffer)."""
+    if baked.precision != "int8":
+        apply_legacy_precision(flavour, config, baked.precision)
+        return []
+    if cfg.int8 is None:
+        raise ConfigError("legacy INT8 needs calibration images (--calib-images)")
+    from retina_deploy.calib.sampler import sample_calibration_images
+
+    opts = cfg.int8
+    calib = sample_calibration_images(
+        opts.calib_images,
+        baked.meta.preprocess,
+        annotations=opts.calib_annotations,
+        num=opts.calib.num,
+        seed=opts.calib.seed,
+    )
+    key = {
+        "onnx_sha256": baked.source_sha256,
+        "sampler_sha256": calib.sha256,
+        "calibrator": "IInt8EntropyCalibrator2",
+        "tensorrt": flavour.version,
+    }
+    cache = opts.cache or baked.legacy_cache
+    calibrator = make_legacy_calibrator(flavour, calib, batch=opts.calib.batch, cache_path=cache, key=key)
+    shape = (opts.calib.batch, *chw)
+    calib_profile = parsed.builder.create_optimization_profile()
+    calib_profile.set_shape(input_name, shape, shape, shape)
+    apply_legacy_precision(flavour, config, "int8", calib_profile=calib_profile, calibrator=calibrator)
+    return [calibrator]
+
+
+__all__ = ["apply_legacy_precision", "make_legacy_calibrator", "setup_legacy"]
