@@ -1,0 +1,117 @@
+"""The ``train`` verb's arguments (a module of its own: it has as many flags as TrainConfig has fields)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retina_deploy.errors import RetinaDeployError
+
+_TRAIN_FLAGS = (
+    "val_images",
+    "val_annotations",
+    "backbone",
+    "backbone_norm",
+    "backbone_weights",
+    "head_norm",
+    "box_loss",
+    "batch_size",
+    "epochs",
+    "iters",
+    "max_minutes",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_iters",
+    "schedule",
+    "grad_clip",
+    "amp",
+    "workers",
+    "seed",
+    "hflip",
+    "checkpoint_every_iters",
+    "device",
+)
+
+
+def run_train(args) -> int:
+    from retina_deploy.train import train
+    from retina_deploy.train_config import TrainConfig
+
+    if args.resume:
+        overrides = {k: getattr(args, k) for k in ("workers", "device") if getattr(args, k) is not None}
+        cfg = TrainConfig.for_resume(args.resume, **overrides)
+    else:
+        if args.images is None or args.annotations is None or args.out is None:
+            raise RetinaDeployError("--images, --annotations and --out are required (or --resume RUN/)")
+        given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+        if args.size:
+            given["size"] = tuple(args.size)
+        if args.scale_jitter:
+            given["scale_jitter"] = tuple(args.scale_jitter)
+        cfg = TrainConfig(images=args.images, annotations=args.annotations, out=args.out, **given)
+    run_dir = train(cfg)
+    print(f"run folder {run_dir}: best/ and last/ checkpoints, metrics.csv")
+    return 0
+
+
+def add_train_arguments(p) -> None:
+    from retina_deploy.train_config import TrainConfig
+
+    d = TrainConfig.__dataclass_fields__
+    p.add_argument("--images", type=Path, help="training images folder")
+    p.add_argument("--annotations", type=Path, help="training COCO instances JSON")
+    p.add_argument("--val-images", type=Path, help="validation images folder (mAP every epoch)")
+    p.add_argument("--val-annotations", type=Path, help="validation COCO instances JSON")
+    p.add_argument("--out", type=Path, help="run folder to create (must be absent or empty)")
+    p.add_argument("--resume", type=Path, help="continue the run in this folder exactly where it stopped")
+    m = p.add_argument_group("model")
+    m.add_argument(
+        "--backbone",
+        choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
+        help=f"ResNet depth (default: {d['backbone'].default})",
+    )
+    m.add_argument(
+        "--backbone-norm",
+        choices=["frozen_bn", "bn"],
+        help="frozen_bn to fine-tune ImageNet weights; bn to train from scratch with batch >= 8"
+        f" (default: {d['backbone_norm'].default})",
+    )
+    m.add_argument("--backbone-weights", type=Path, help="local torchvision ImageNet ResNet file (never downloaded)")
+    m.add_argument("--head-norm", choices=["none", "groupnorm"], help=f"(default: {d['head_norm'].default})")
+    m.add_argument("--box-loss", choices=["l1", "giou"], help=f"(default: {d['box_loss'].default})")
+    m.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help=f"input size, multiples of 128 (default: {' '.join(map(str, d['size'].default))})",
+    )
+    o = p.add_argument_group("schedule (the first length reached ends the run)")
+    o.add_argument("--epochs", type=int, help="length in epochs")
+    o.add_argument("--iters", type=int, help="length in iterations")
+    o.add_argument("--max-minutes", type=float, help="length in minutes of wall time")
+    o.add_argument("--batch-size", type=int, help=f"images per process per step (default: {d['batch_size'].default})")
+    o.add_argument("--optimizer", choices=["sgd", "adamw"], help=f"(default: {d['optimizer'].default})")
+    o.add_argument("--lr", type=float, help="base learning rate (default: 0.01 sgd, 3e-4 adamw)")
+    o.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d['momentum'].default})")
+    o.add_argument("--weight-decay", type=float, help="(default: 1e-4 sgd, 0.05 adamw)")
+    o.add_argument("--warmup-iters", type=int, help=f"linear warm-up (default: {d['warmup_iters'].default})")
+    o.add_argument("--schedule", choices=["cosine", "step"], help=f"(default: {d['schedule'].default})")
+    o.add_argument("--grad-clip", type=float, help=f"max gradient norm (default: {d['grad_clip'].default})")
+    o.add_argument(
+        "--amp",
+        choices=["auto", "none", "bf16", "fp16"],
+        help=f"mixed precision; auto = bf16 where native (default: {d['amp'].default})",
+    )
+    o.add_argument("--hflip", type=float, help=f"horizontal flip probability (default: {d['hflip'].default})")
+    o.add_argument("--scale-jitter", type=float, nargs=2, metavar=("LOW", "HIGH"), help="random scale range")
+    r = p.add_argument_group("run")
+    r.add_argument("--workers", type=int, help=f"data loader processes (default: {d['workers'].default})")
+    r.add_argument("--seed", type=int, help=f"(default: {d['seed'].default})")
+    r.add_argument(
+        "--checkpoint-every-iters",
+        type=int,
+        help=f"save last/ for --resume this often (default: {d['checkpoint_every_iters'].default})",
+    )
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"(default: {d['device'].default})")
