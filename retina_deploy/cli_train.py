@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from retina_deploy.errors import RetinaDeployError
 
-_TRAIN_FLAGS = (
-    "val_images",
-    "val_annotations",
-    "backbone",
-    "backbone_norm",
-    "backbone_weights",
-    "head_norm",
-    "box_loss",
-    "batch_size",
-    "epochs",
-    "iters",
-    "max_minutes",
-    "optimizer",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "warmup_iters",
-    "schedule",
-    "grad_clip",
-    "amp",
-    "workers",
-    "seed",
-    "hflip",
-    "checkpoint_every_iters",
-    "device",
-)
+# TrainConfig fields that are not plain ``--flag`` options of the verb.
+_NOT_FLAGS = ("images", "annotations", "out", "resume")
 
 
 def run_train(args) -> int:
@@ -44,15 +21,18 @@ def run_train(args) -> int:
     else:
         if args.images is None or args.annotations is None or args.out is None:
             raise RetinaDeployError("--images, --annotations and --out are required (or --resume RUN/)")
-        given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
-        if args.size:
-            given["size"] = tuple(args.size)
-        if args.scale_jitter:
-            given["scale_jitter"] = tuple(args.scale_jitter)
+        given = {k: getattr(args, k) for k in train_flag_fields() if getattr(args, k) is not None}
         cfg = TrainConfig(images=args.images, annotations=args.annotations, out=args.out, **given)
     run_dir = train(cfg)
     print(f"run folder {run_dir}: best/ and last/ checkpoints, metrics.csv")
     return 0
+
+
+def train_flag_fields() -> list[str]:
+    """The TrainConfig fields set by ``--flag`` (each has one: tests/test_cli.py checks)."""
+    from retina_deploy.train_config import TrainConfig
+
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_FLAGS]
 
 
 def add_train_arguments(p) -> None:
@@ -80,6 +60,15 @@ def add_train_arguments(p) -> None:
     m.add_argument("--backbone-weights", type=Path, help="local torchvision ImageNet ResNet file (never downloaded)")
     m.add_argument("--head-norm", choices=["none", "groupnorm"], help=f"(default: {d['head_norm'].default})")
     m.add_argument("--box-loss", choices=["l1", "giou"], help=f"(default: {d['box_loss'].default})")
+    m.add_argument("--fpn-channels", type=int, help=f"channels of P3-P7 and the head (default: {d['fpn_channels'].default})")
+    m.add_argument(
+        "--anchor-sizes",
+        type=int,
+        nargs=5,
+        metavar="S",
+        help="base anchor size per level P3..P7; scale with the input size"
+        f" (default: {' '.join(map(str, d['anchor_sizes'].default))}, for 512-800 px)",
+    )
     m.add_argument(
         "--size",
         type=int,

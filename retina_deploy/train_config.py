@@ -27,7 +27,7 @@ class TrainConfig:
     images, annotations: the training set (COCO instances JSON + image folder).
     out: the run folder; must be absent or empty (use ``for_resume`` to continue a run).
     val_images, val_annotations: optional validation set, evaluated (COCO AP) after every epoch.
-    backbone, backbone_norm, head_norm, box_loss: the model (see ``ModelConfig``). backbone_norm
+    backbone, backbone_norm, head_norm, box_loss, fpn_channels, anchor_sizes: the model (see ``ModelConfig``). backbone_norm
         "frozen_bn" fine-tunes from ImageNet weights; "bn" (trainable BatchNorm, SyncBatchNorm across
         GPUs) is for training from scratch with per-process batches >= 8.
     backbone_weights: a local torchvision ImageNet ResNet file (.pth or .safetensors), or None (random).
@@ -60,6 +60,8 @@ class TrainConfig:
     backbone_weights: Path | None = None
     head_norm: str = "none"
     box_loss: str = "l1"
+    fpn_channels: int = 256
+    anchor_sizes: tuple[int, ...] = ModelConfig.anchor_sizes
     size: tuple[int, int] = (512, 512)
     batch_size: int = 8
     epochs: int | None = None
@@ -86,6 +88,7 @@ class TrainConfig:
             value = getattr(self, name)
             object.__setattr__(self, name, None if value is None else Path(value))
         object.__setattr__(self, "size", tuple(int(v) for v in self.size))
+        object.__setattr__(self, "anchor_sizes", tuple(int(v) for v in self.anchor_sizes))
         if self.scale_jitter is not None:
             object.__setattr__(self, "scale_jitter", tuple(float(v) for v in self.scale_jitter))
         _validate(self)
@@ -105,6 +108,8 @@ class TrainConfig:
             num_classes=num_classes,
             head_norm=self.head_norm,
             box_loss=self.box_loss,
+            fpn_channels=self.fpn_channels,
+            anchor_sizes=self.anchor_sizes,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +158,7 @@ def _validate(cfg: TrainConfig) -> None:
     ):
         if value not in choices:
             raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+    cfg.model_config(num_classes=1)  # ConfigError for a bad model field, before any data is read
     if (cfg.val_images is None) != (cfg.val_annotations is None):
         raise ConfigError("give both val_images and val_annotations, or neither")
     if cfg.resume is not None and cfg.out.resolve() != cfg.resume.resolve():

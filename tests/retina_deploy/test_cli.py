@@ -110,3 +110,19 @@ def test_bad_input_is_one_line_exit_1(tmp_path, monkeypatch, capsys, argv, messa
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_every_train_config_field_has_a_train_flag(monkeypatch):
+    """A TrainConfig field without a flag would be silently left at its default."""
+    from retina_deploy import cli_train
+
+    seen = {}
+    monkeypatch.setattr("retina_deploy.train.train", lambda cfg: seen.setdefault("cfg", cfg))
+    args = build_parser().parse_args(
+        ["train", "--images", "i", "--annotations", "a.json", "--out", "o", "--iters", "3",
+         "--fpn-channels", "64", "--anchor-sizes", "16", "32", "64", "128", "256", "--scale-jitter", "0.8", "1.2"]
+    )  # fmt: skip
+    assert all(hasattr(args, name) for name in cli_train.train_flag_fields())
+    assert args.func(args) == 0
+    cfg = seen["cfg"]
+    assert (cfg.fpn_channels, cfg.anchor_sizes, cfg.scale_jitter, cfg.iters) == (64, (16, 32, 64, 128, 256), (0.8, 1.2), 3)
