@@ -16,46 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from common import paired_medians, random_checkpoint
 
 
 def make_model(out_dir: Path, nms: str, size: int) -> Path:
     """Export a random-weight ResNet-18 RetinaNet (needs torch)."""
-    import torch
-
-    from retina_deploy.checkpoint import save_checkpoint
-    from retina_deploy.config import ModelConfig
     from retina_deploy.export.onnx_export import ExportConfig, export_onnx
-    from retina_deploy.model import build_model
-    from retina_deploy.runtime.preprocess import PreprocessConfig
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="resnet18", num_classes=80, head_norm="groupnorm"))
-    with torch.no_grad():  # realistic post-processing load: scores spread, many candidates
-        model.head.classification_head.cls_logits.weight.normal_(0, 0.02)
-        model.head.classification_head.cls_logits.bias.fill_(-3.0)
-    names = [f"class{i}" for i in range(80)]
-    ckpt = save_checkpoint(model, out_dir / "ckpt", class_names=names, preprocess=PreprocessConfig(size=(size, size)))
+    ckpt = random_checkpoint(out_dir, backbone="resnet18", size=(size, size), head_norm="groupnorm")
     return export_onnx(ckpt, out_dir / f"model_{nms}.onnx", ExportConfig(nms=nms, batch=(1, 2, 4)))
-
-
-def paired_medians(fn_a, fn_b, iters: int, warmup: int = 2) -> tuple[float, float]:
-    """Median seconds of ``fn_a`` and ``fn_b``, timed alternately so that load drift hits both alike."""
-    for _ in range(warmup):
-        fn_a(), fn_b()
-    times_a, times_b = [], []
-    for i in range(iters):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b))[:: 1 if i % 2 else -1]:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times_a), statistics.median(times_b)
 
 
 def bench_overhead(detector, images: list[np.ndarray], iters: int) -> dict:

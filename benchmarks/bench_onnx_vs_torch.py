@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,34 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-
-
-def make_checkpoint(out_dir: Path, backbone: str, size: tuple[int, int]) -> Path:
-    from retina_deploy.checkpoint import save_checkpoint
-    from retina_deploy.config import ModelConfig
-    from retina_deploy.model import build_model
-    from retina_deploy.runtime.preprocess import PreprocessConfig
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=backbone, num_classes=80))
-    with torch.no_grad():
-        model.head.classification_head.cls_logits.weight.normal_(0, 0.02)
-        model.head.classification_head.cls_logits.bias.fill_(-3.0)
-    names = [f"class{i}" for i in range(80)]
-    return save_checkpoint(model, out_dir / "ckpt", class_names=names, preprocess=PreprocessConfig(size=size))
-
-
-def paired_medians(fn_a, fn_b, iters: int, warmup: int = 2) -> tuple[float, float]:
-    """Median seconds of ``fn_a`` and ``fn_b``, timed alternately."""
-    for _ in range(warmup):
-        fn_a(), fn_b()
-    times_a, times_b = [], []
-    for i in range(iters):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b))[:: 1 if i % 2 else -1]:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times_a), statistics.median(times_b)
+from common import paired_medians, random_checkpoint
 
 
 def main() -> None:
@@ -72,7 +44,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     size = tuple(args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.checkpoint or make_checkpoint(Path(tmp), args.backbone, size)
+        ckpt = args.checkpoint or random_checkpoint(Path(tmp), backbone=args.backbone, size=size)
         t0 = time.perf_counter()
         cfg = ExportConfig(size=size, nms=args.nms, batch=(1, args.batch, max(args.batch, 1)))
         path = export_onnx(ckpt, Path(tmp) / "model.onnx", cfg)

@@ -1,0 +1,38 @@
+"""Helpers the benchmark scripts share (run them as ``python benchmarks/NAME.py``: this folder is on sys.path)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+
+def paired_medians(fn_a, fn_b, iters: int, warmup: int = 2) -> tuple[float, float]:
+    """Median seconds of ``fn_a`` and ``fn_b``, timed alternately so that load drift hits both alike."""
+    for _ in range(warmup):
+        fn_a(), fn_b()
+    times_a, times_b = [], []
+    for i in range(iters):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b))[:: 1 if i % 2 else -1]:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+def random_checkpoint(out_dir: Path, *, backbone: str, size: tuple[int, int], head_norm: str = "none") -> Path:
+    """A random-weights 80-class checkpoint whose scores spread (many NMS candidates: a realistic load). Needs torch."""
+    import torch
+
+    from retina_deploy.checkpoint import save_checkpoint
+    from retina_deploy.config import ModelConfig
+    from retina_deploy.model import build_model
+    from retina_deploy.runtime.preprocess import PreprocessConfig
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=backbone, num_classes=80, head_norm=head_norm))
+    with torch.no_grad():
+        model.head.classification_head.cls_logits.weight.normal_(0, 0.02)
+        model.head.classification_head.cls_logits.bias.fill_(-3.0)
+    names = [f"class{i}" for i in range(80)]
+    return save_checkpoint(model, out_dir / "ckpt", class_names=names, preprocess=PreprocessConfig(size=size))
