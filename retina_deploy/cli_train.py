@@ -60,7 +60,9 @@ def add_train_arguments(p) -> None:
     m.add_argument("--backbone-weights", type=Path, help="local torchvision ImageNet ResNet file (never downloaded)")
     m.add_argument("--head-norm", choices=["none", "groupnorm"], help=f"(default: {d['head_norm'].default})")
     m.add_argument("--box-loss", choices=["l1", "giou"], help=f"(default: {d['box_loss'].default})")
-    m.add_argument("--fpn-channels", type=int, help=f"channels of P3-P7 and the head (default: {d['fpn_channels'].default})")
+    m.add_argument(
+        "--fpn-channels", type=int, help=f"channels of P3-P7 and the head (default: {d['fpn_channels'].default})"
+    )
     m.add_argument(
         "--anchor-sizes",
         type=int,

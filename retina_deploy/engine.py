@@ -16,19 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from retina_deploy.data.coco import CocoDataset
-from retina_deploy.data.dataset import DetectionDataset, DetectionTarget, collate_detections
+from retina_deploy.data.dataset import DetectionTarget
 from retina_deploy.distributed import DistInfo, all_reduce_
 from retina_deploy.errors import ConfigError
-from retina_deploy.evaluate import coco_evaluate, to_coco_results
 from retina_deploy.fileio import atomic_path
 from retina_deploy.optim import set_lr
-from retina_deploy.runtime.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -240,80 +236,3 @@ def train_one_epoch(
     bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-@torch.inference_mode()
-def predict_batches(
-    model: nn.Module, dataset: DetectionDataset, *, batch_size: int, device: str | torch.device, workers: int = 0
-) -> list[dict[str, Any]]:
-    """Run ``model`` (eval mode) over ``dataset`` (built with train=False); detections in ORIGINAL image pixels.
-
-    Returns, in dataset order, per image {"image_id": int, "boxes": float32 [K, 4] xyxy original pixels
-    (0 <= x <= width, 0 <= y <= height), "scores": float32 [K], "labels": int64 [K]}.
-    The model's training flag is restored afterwards.
-    """
-    if dataset.train:
-        raise ConfigError("predict_batches needs a DetectionDataset built with train=False (no augmentation)")
-    device = torch.device(device)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_detections
-    )
-    was_training = model.training
-    model.eval()
-    out: list[dict[str, Any]] = []
-    try:
-        for images, targets in loader:
-            sizes = [_content_size(t, dataset.cfg.size) for t in targets]
-            detections = model(images.to(device), image_sizes=sizes)
-            out.extend(_to_original(d, t) for d, t in zip(detections, targets, strict=True))
-    finally:
-        model.train(was_training)
-    return out
-
-
-def _content_size(target: DetectionTarget, size: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) of the non-padded area of an input image, as ``runtime.preprocess.preprocess`` lays it out."""
-    h, w = target["orig_size"]
-    scale = target["scale"]
-    return min(size[0], max(1, round(h * scale))), min(size[1], max(1, round(w * scale)))
-
-
-def _to_original(det: dict[str, torch.Tensor], target: DetectionTarget) -> dict[str, Any]:
-    h, w = target["orig_size"]
-    boxes = det["boxes"].float().cpu().numpy() / np.float32(target["scale"])
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-    return {
-        "image_id": int(target["image_id"]),
-        "boxes": boxes.astype(np.float32),
-        "scores": det["scores"].float().cpu().numpy(),
-        "labels": det["labels"].cpu().numpy().astype(np.int64),
-    }
-
-
-def evaluate_model(
-    model: nn.Module,
-    coco: CocoDataset,
-    preprocess_cfg: PreprocessConfig,
-    *,
-    batch_size: int = 8,
-    device: str | torch.device = "cpu",
-    workers: int = 0,
-) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
-    """COCO box metrics of ``model`` on ``coco``, preprocessed as ``preprocess_cfg`` says.
-
-    Returns (metrics {"AP", "AP50", ..., "AR100"} in [0, 1] or None, COCO results records with bbox
-    [x, y, w, h] in original image pixels and the dataset's category ids). The model's label l is
-    category ``coco.category_ids[l]``, so its classes must be the dataset's, in the same order.
-    """
-    num_classes = getattr(getattr(model, "cfg", None), "num_classes", None)
-    if num_classes is not None and num_classes != coco.num_classes:
-        raise ConfigError(
-            f"the model has {num_classes} classes, the dataset {coco.annotations_path} {coco.num_classes}"
-        )
-    dataset = DetectionDataset(coco, preprocess_cfg, train=False)
-    detections = predict_batches(model, dataset, batch_size=batch_size, device=device, workers=workers)
-    image_ids = [d["image_id"] for d in detections]
-    results = to_coco_results(detections, image_ids, coco.category_ids)
-    metrics = coco_evaluate(coco.annotations_path, results, image_ids=image_ids)
-    return metrics, results

@@ -34,13 +34,13 @@ from retina_deploy.engine import (
     MetricsLog,
     StepOptions,
     TrainProgress,
-    evaluate_model,
     resolve_amp,
     train_one_epoch,
 )
 from retina_deploy.errors import ConfigError, DatasetError
 from retina_deploy.model import build_model
 from retina_deploy.optim import LRSchedule, build_optimizer, clamp_warmup
+from retina_deploy.predict import TorchPredictor, evaluate_predictor
 from retina_deploy.runtime.preprocess import PreprocessConfig
 from retina_deploy.train_config import PATH_FIELDS, RESUME_OVERRIDABLE, TrainConfig
 
@@ -319,14 +319,11 @@ class _Run:
         if self.val_coco is None:
             return
         if self.dist.is_main:
-            metrics, _ = evaluate_model(
-                self.model,
-                self.val_coco,
-                self.preprocess,
-                batch_size=self.cfg.batch_size,
-                device=self.device,
-                workers=self.cfg.workers,
-            )
+            predictor = TorchPredictor(self.model, self.train_coco.class_names, self.preprocess, self.device)
+            try:  # the code that scores checkpoints, ONNX files and engines
+                metrics, _ = evaluate_predictor(predictor, self.val_coco, batch_size=self.cfg.batch_size)
+            finally:
+                self.model.train()
             self.last_metrics = metrics
             ap = metrics["AP"] if metrics["AP"] is not None else 0.0
             log.info("validation at iteration %d: AP %.4f, AP50 %s", self.progress.iteration, ap, metrics["AP50"])

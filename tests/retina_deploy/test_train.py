@@ -25,11 +25,11 @@ from retina_deploy.config import ModelConfig
 from retina_deploy.data.coco import load_coco
 from retina_deploy.data.shapes import make_shapes
 from retina_deploy.distributed import epoch_batches, iters_per_epoch
-from retina_deploy.engine import evaluate_model
 from retina_deploy.errors import ConfigError, DatasetError
 from retina_deploy.evaluate import METRIC_NAMES
 from retina_deploy.model import build_model
 from retina_deploy.optim import LRSchedule, clamp_warmup
+from retina_deploy.predict import TorchPredictor, evaluate_predictor
 from retina_deploy.runtime.preprocess import PreprocessConfig
 from retina_deploy.train import TrainConfig, train
 
@@ -189,18 +189,17 @@ def test_time_budget_ends_the_run(shapes, tmp_path):
     assert not (run / "best").exists()  # best/ needs a validation set
 
 
-def test_evaluate_model_boxes_in_original_pixels(tmp_path):
+def test_validation_boxes_in_original_pixels(tmp_path):
     # Images of 150..200 px shown to the network at 128 px: input and original coordinates differ.
     data = make_shapes(tmp_path / "big", num_images=4, size=200, seed=3)
     coco = load_coco(data / "images", data / "annotations.json")
     torch.manual_seed(0)
     # score_thresh 0 keeps even untrained scores, so large anchors clipped at the image edge show up.
     model = build_model(ModelConfig(backbone="resnet18", num_classes=6, score_thresh=0.0, detections_per_img=50))
-    model.train()
-    metrics, results = evaluate_model(model, coco, PreprocessConfig(size=(128, 128)), batch_size=3)
+    predictor = TorchPredictor(model, coco.class_names, PreprocessConfig(size=(128, 128)))
+    metrics, results = evaluate_predictor(predictor, coco, batch_size=3)
     assert tuple(metrics) == METRIC_NAMES
     assert all(v is None or 0.0 <= v <= 1.0 for v in metrics.values())
-    assert model.training  # evaluation ran in eval mode and restored the train flag
     sizes = {r.image_id: (r.width, r.height) for r in coco.records}
     assert {r["image_id"] for r in results} == set(sizes)
     assert {r["category_id"] for r in results} <= set(coco.category_ids)
@@ -211,11 +210,13 @@ def test_evaluate_model_boxes_in_original_pixels(tmp_path):
 
 
 class ContentBoxes(torch.nn.Module):
-    """A stand-in detector: per image, the whole non-padded area and its central quarter, in input pixels."""
+    """A stand-in detector: per image, the whole non-padded (non-zero) area and its central quarter, in input pixels."""
 
-    def forward(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         out = []
-        for h, w in image_sizes:
+        for image in images:
+            content = image.abs().sum(0) > 0
+            h, w = int(content.any(1).sum()), int(content.any(0).sum())
             boxes = torch.tensor([[0.0, 0.0, w, h], [w / 4, h / 4, 3 * w / 4, 3 * h / 4]])
             out.append({"boxes": boxes, "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 1])})
         return out
@@ -224,7 +225,8 @@ class ContentBoxes(torch.nn.Module):
 def test_predictions_map_back_to_original_pixels(tmp_path):
     data = make_shapes(tmp_path / "big", num_images=3, size=200, seed=4)
     coco = load_coco(data / "images", data / "annotations.json")
-    _, results = evaluate_model(ContentBoxes(), coco, PreprocessConfig(size=(128, 128)), batch_size=2)
+    predictor = TorchPredictor(ContentBoxes(), coco.class_names, PreprocessConfig(size=(128, 128)))
+    _, results = evaluate_predictor(predictor, coco, batch_size=2)
     for record in coco.records:  # 150..200 px images letterboxed into 128 x 128
         whole, quarter = [r["bbox"] for r in results if r["image_id"] == record.image_id]
         w, h = record.width, record.height
