@@ -63,9 +63,16 @@ def run_demo(
         backbone=backbone,
         backbone_norm="bn",  # from scratch: no ImageNet weights are downloaded
         size=(size, size),
-        batch_size=8,
+        # The README's CPU recipe: a light head, anchors scaled to the input (the defaults suit 512-800 px),
+        # small batches for more updates per image seen.
+        head_norm="groupnorm",
+        fpn_channels=64,
+        anchor_sizes=tuple(size // 16 * 2**i for i in range(5)),
+        batch_size=4,
         optimizer="adamw",
+        lr=1e-3,
         warmup_iters=50,
+        workers=0,  # decoding a small PNG takes ~7 ms: loader processes would only compete for the CPU
         max_minutes=minutes,
         epochs=1000,
         seed=seed,
