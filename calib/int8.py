@@ -49,8 +49,8 @@ class CalibConfig:
     """How activation ranges are measured.
 
     method: "percentile" (default), "entropy" (KL-divergence threshold, TensorRT's legacy calibrator)
-        or "minmax". Percentile 99.999 cost 0.04 AP points on the README's ResNet-18 and calibrates
-        512 images in ~80 s on 2 cores; entropy's threshold search adds minutes of single-core CPU.
+        or "minmax". On the README's ResNet-18 (512 images) percentile 99.999 cost 0.04 AP points in
+        82 s, entropy 12.8 points in 320 s.
     percentile: for "percentile": the share of |x| kept inside the range, in (90, 100].
     batch: images per ONNX Runtime run while calibrating (memory: one batch of activations at a time).
     num, seed: how many images the sampler picks, and its seed (recorded for the manifest).
