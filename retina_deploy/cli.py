@@ -277,7 +277,7 @@ def _add_build_engine(sub) -> None:
         "--calib-method",
         choices=["entropy", "minmax", "percentile"],
         default="percentile",
-        help="how activation ranges are chosen; percentile keeps 99.999%% of |x| (default: percentile)",
+        help="how activation ranges are chosen; percentile keeps 99.999%% of |x|",
     )
     c.add_argument("--calib-cache", type=Path, help="tensor-range cache (default: beside the INT8 ONNX)")
     c.add_argument("--max-map-drop", type=float, help="AP points INT8 may lose; sensitive layers stay FP32")
