@@ -213,6 +213,11 @@ def _add_export_onnx(sub) -> None:
 # -- build-engine --------------------------------------------------------------------------------
 
 
+def _given(args, **fields: str) -> dict:
+    """{field: args.<attr>} for the options given on the command line (the config's own defaults stay)."""
+    return {field: getattr(args, attr) for field, attr in fields.items() if getattr(args, attr) is not None}
+
+
 def _build_engine(args) -> int:
     from retina_deploy.calib.int8 import CalibConfig
     from retina_deploy.calib.quantize import Int8Config
@@ -227,7 +232,7 @@ def _build_engine(args) -> int:
         int8 = Int8Config(
             calib_images=args.calib_images,
             calib_annotations=args.calib_annotations,
-            calib=CalibConfig(method=args.calib_method, num=args.calib_num, seed=args.calib_seed),
+            calib=CalibConfig(**_given(args, method="calib_method", num="calib_num", seed="calib_seed")),
             cache=args.calib_cache,
             max_map_drop=args.max_map_drop,
             val_images=args.val_images,
@@ -271,13 +276,13 @@ def _add_build_engine(sub) -> None:
     c = p.add_argument_group("INT8 calibration")
     c.add_argument("--calib-images", type=Path, help="folder of JPEG/PNG images (or a COCO images folder)")
     c.add_argument("--calib-annotations", type=Path, help="COCO JSON selecting the calibration images")
-    c.add_argument("--calib-num", type=int, default=512, help="images sampled (seeded)")
-    c.add_argument("--calib-seed", type=int, default=0, help="sampler seed")
+    # Calibration defaults live in CalibConfig (importing it here would load onnxruntime for every verb).
+    c.add_argument("--calib-num", type=int, help="images sampled, seeded (default: 512)")
+    c.add_argument("--calib-seed", type=int, help="sampler seed (default: 0)")
     c.add_argument(
         "--calib-method",
         choices=["entropy", "minmax", "percentile"],
-        default="percentile",
-        help="how activation ranges are chosen; percentile keeps 99.999%% of |x|",
+        help="how activation ranges are chosen (default: percentile, keeping 99.999%% of |x|)",
     )
     c.add_argument("--calib-cache", type=Path, help="tensor-range cache (default: beside the INT8 ONNX)")
     c.add_argument("--max-map-drop", type=float, help="AP points INT8 may lose; sensitive layers stay FP32")

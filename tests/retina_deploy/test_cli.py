@@ -127,3 +127,23 @@ def test_every_train_config_field_has_a_train_flag(monkeypatch):
     cfg = seen["cfg"]
     assert (cfg.fpn_channels, cfg.anchor_sizes) == (64, (16, 32, 64, 128, 256))
     assert (cfg.scale_jitter, cfg.iters) == ((0.8, 1.2), 3)
+
+
+def test_build_engine_calibration_defaults_are_calib_configs(monkeypatch, tmp_path):
+    """Options not given leave CalibConfig's defaults (the CLI once defaulted to another method)."""
+    from retina_deploy.calib.int8 import CalibConfig
+
+    seen = {}
+
+    def fake_build(onnx_path, out, cfg):
+        seen["calib"] = cfg.int8.calib
+        raise SystemExit(0)  # stop before printing a result
+
+    monkeypatch.setattr("retina_deploy.export.engine_builder.build_engine", fake_build)
+    common = ["build-engine", "m.onnx", "m.engine", "--int8", "--calib-images", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        main(common)
+    assert seen["calib"] == CalibConfig()
+    with pytest.raises(SystemExit):
+        main([*common, "--calib-method", "entropy", "--calib-num", "7", "--calib-seed", "3"])
+    assert (seen["calib"].method, seen["calib"].num, seen["calib"].seed) == ("entropy", 7, 3)
