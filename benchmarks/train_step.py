@@ -31,8 +31,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from retina_deploy.config import BACKBONE_CHANNELS, ModelConfig
-from retina_deploy.engine import cpu_supports_bf16
 from retina_deploy.model import build_model
+from retina_deploy.training.loop import cpu_supports_bf16
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int, seed: int) -> tuple[torch.Tensor, list[dict]]:

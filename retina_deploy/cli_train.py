@@ -12,8 +12,8 @@ _NOT_FLAGS = ("images", "annotations", "out", "resume")
 
 
 def run_train(args) -> int:
-    from retina_deploy.train import train
-    from retina_deploy.train_config import TrainConfig
+    from retina_deploy.training.config import TrainConfig
+    from retina_deploy.training.run import train
 
     if args.resume:
         overrides = {k: getattr(args, k) for k in ("workers", "device") if getattr(args, k) is not None}
@@ -30,13 +30,13 @@ def run_train(args) -> int:
 
 def train_flag_fields() -> list[str]:
     """The TrainConfig fields set by ``--flag`` (each has one: tests/test_cli.py checks)."""
-    from retina_deploy.train_config import TrainConfig
+    from retina_deploy.training.config import TrainConfig
 
     return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_FLAGS]
 
 
 def add_train_arguments(p) -> None:
-    from retina_deploy.train_config import TrainConfig
+    from retina_deploy.training.config import TrainConfig
 
     d = TrainConfig.__dataclass_fields__
     p.add_argument("--images", type=Path, help="training images folder")

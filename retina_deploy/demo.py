@@ -43,8 +43,8 @@ def run_demo(
     from retina_deploy.data.shapes import make_shapes
     from retina_deploy.export.onnx_export import ExportConfig, export_onnx
     from retina_deploy.predict import evaluate_predictor, load_predictor, predict_files
-    from retina_deploy.train import train
-    from retina_deploy.train_config import TrainConfig
+    from retina_deploy.training.config import TrainConfig
+    from retina_deploy.training.run import train
 
     out = Path(out)
     _prepare_out(out)

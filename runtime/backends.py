@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from retina_deploy.errors import ConfigError, ModelFileError
-from retina_deploy.runtime.detector import Backend, ModelSpec
+from retina_deploy.runtime.spec import Backend, ModelSpec
 
 ORT_PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",

@@ -12,7 +12,6 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,59 +19,9 @@ from retina_deploy.errors import ConfigError, ImageError, ModelFileError
 from retina_deploy.runtime.detections import Detections, make_detections
 from retina_deploy.runtime.host_nms import detections_from_dense
 from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS, as_rgb_array, load_image
-from retina_deploy.runtime.onnx_metadata import DETECTION_OUTPUTS, NmsSettings
+from retina_deploy.runtime.onnx_metadata import DETECTION_OUTPUTS
 from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
-
-ImageInput = np.ndarray | str | os.PathLike | bytes
-
-
-class Backend(Protocol):
-    """What the Detector needs from an inference backend.
-
-    name: e.g. "onnxruntime-cpu", "tensorrt", "tensorrt-rtx".
-    input_size: (H, W) of the network input.
-    batch_range: (min, max) batch sizes ``run`` accepts.
-    run: float32 [B, 3, H, W] -> {output name: array with leading dim B}; need not be thread-safe.
-    """
-
-    name: str
-    input_size: tuple[int, int]
-    batch_range: tuple[int, int]
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the Detector must know about a model file (from ONNX metadata or the engine manifest).
-
-    class_names: C names, index = class id.
-    preprocess: the preprocessing the model was trained and exported with.
-    nms: post-processing settings; mode "none" means the outputs are dense and NMS runs on the host.
-    anchors_per_level: H_l * W_l * 9 per FPN level (the layout of dense outputs).
-    """
-
-    class_names: tuple[str, ...]
-    preprocess: PreprocessConfig
-    nms: NmsSettings
-    anchors_per_level: tuple[int, ...]
-
-    @classmethod
-    def from_postprocess_record(
-        cls, class_names: Sequence[str], preprocess_cfg: PreprocessConfig, record: dict[str, Any], source: str
-    ) -> ModelSpec:
-        """From an engine manifest's ``postprocess`` record: {"nms": {...}, "anchors_per_level": [...]}."""
-        try:
-            return cls(
-                class_names=tuple(class_names),
-                preprocess=preprocess_cfg,
-                nms=NmsSettings(**record["nms"]),
-                anchors_per_level=tuple(int(n) for n in record["anchors_per_level"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelFileError(f"{source}: bad post-processing record in the manifest: {e}") from e
+from retina_deploy.runtime.spec import Backend, ImageInput, ModelSpec
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def test_every_train_config_field_has_a_train_flag(monkeypatch):
     from retina_deploy import cli_train
 
     seen = {}
-    monkeypatch.setattr("retina_deploy.train.train", lambda cfg: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr("retina_deploy.training.run.train", lambda cfg: seen.setdefault("cfg", cfg))
     args = build_parser().parse_args(
         ["train", "--images", "i", "--annotations", "a.json", "--out", "o", "--iters", "3",
          "--fpn-channels", "64", "--anchor-sizes", "16", "32", "64", "128", "256", "--scale-jitter", "0.8", "1.2"]

@@ -24,14 +24,14 @@ from retina_deploy.checkpoint import load_checkpoint
 from retina_deploy.config import ModelConfig
 from retina_deploy.data.coco import load_coco
 from retina_deploy.data.shapes import make_shapes
-from retina_deploy.distributed import epoch_batches, iters_per_epoch
 from retina_deploy.errors import ConfigError, DatasetError
 from retina_deploy.evaluate import METRIC_NAMES
 from retina_deploy.model import build_model
-from retina_deploy.optim import LRSchedule, clamp_warmup
 from retina_deploy.predict import TorchPredictor, evaluate_predictor
 from retina_deploy.runtime.preprocess import PreprocessConfig
-from retina_deploy.train import TrainConfig, train
+from retina_deploy.training.distributed import epoch_batches, iters_per_epoch
+from retina_deploy.training.optim import LRSchedule, clamp_warmup
+from retina_deploy.training.run import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -145,7 +145,7 @@ def _free_port() -> int:
 
 DDP_SCRIPT = """
 import json, logging, os, sys
-from retina_deploy.train import TrainConfig, train
+from retina_deploy.training.run import TrainConfig, train
 args = json.loads(sys.argv[1])
 logging.basicConfig(filename=f"{args['logs']}/rank{os.environ['RANK']}.log", level=logging.DEBUG, format="%(message)s")
 train(TrainConfig(**args["cfg"]))

@@ -18,9 +18,10 @@ from retina_deploy.runtime.batching import (
     QueueFullError,
     RequestTimeoutError,
 )
-from retina_deploy.runtime.detector import Detector, ModelSpec
+from retina_deploy.runtime.detector import Detector
 from retina_deploy.runtime.onnx_metadata import NmsSettings
 from retina_deploy.runtime.preprocess import PreprocessConfig
+from retina_deploy.runtime.spec import ModelSpec
 
 PRE = PreprocessConfig(size=(128, 128), mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255))  # input = pixel
 

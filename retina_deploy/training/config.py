@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retina_deploy import run_files
 from retina_deploy.config import ModelConfig
 from retina_deploy.errors import ConfigError
 from retina_deploy.runtime.preprocess import PreprocessConfig, from_dict_strict
+from retina_deploy.training import run_files
 
 DEFAULT_LR = {"sgd": 0.01, "adamw": 3e-4}
 DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}

@@ -1,6 +1,6 @@
 """The loops: one training step and epoch (autocast, clipping, progress, CSV log), prediction and COCO evaluation.
 
-``train.py`` owns the run (config, schedule, checkpoints, resume); this module only runs batches.
+``run.py`` owns the run (config, schedule, checkpoints, resume); this module only runs batches.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from torch import nn
 from tqdm import tqdm
 
 from retina_deploy.data.dataset import DetectionTarget
-from retina_deploy.distributed import DistInfo, all_reduce_
 from retina_deploy.errors import ConfigError
 from retina_deploy.fileio import atomic_path
-from retina_deploy.optim import set_lr
+from retina_deploy.training.distributed import DistInfo, all_reduce_
+from retina_deploy.training.optim import set_lr
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ iteration length (min(epochs * iters_per_epoch, iters)), computed from the confi
 alone, never from where a run happened to stop; with ``max_minutes`` its progress is the larger of the
 iteration and elapsed-time fractions, so it completes by whichever end comes first.
 
-Resume (``TrainConfig.for_resume(RUN)``; the config lives in ``retina_deploy.train_config``): model,
+Resume (``TrainConfig.for_resume(RUN)``; the config lives in ``retina_deploy.training.config``): model,
 optimizer, loss scaler, epoch, batch within the epoch and torch RNG come back from
 ``RUN/train_state.pt``; the batch order is a pure function of (seed, epoch) and augmentation of
 (seed, epoch, index), so the batches already done are skipped and the rest match an uninterrupted
@@ -26,23 +26,23 @@ from typing import Any
 
 import torch
 
-from retina_deploy import distributed, run_files
 from retina_deploy.checkpoint import save_checkpoint
 from retina_deploy.data.coco import CocoDataset, load_coco
 from retina_deploy.data.dataset import DetectionDataset, collate_detections
-from retina_deploy.engine import (
+from retina_deploy.errors import ConfigError, DatasetError
+from retina_deploy.model import build_model
+from retina_deploy.predict import TorchPredictor, evaluate_predictor
+from retina_deploy.runtime.preprocess import PreprocessConfig
+from retina_deploy.training import distributed, run_files
+from retina_deploy.training.config import PATH_FIELDS, RESUME_OVERRIDABLE, TrainConfig
+from retina_deploy.training.loop import (
     MetricsLog,
     StepOptions,
     TrainProgress,
     resolve_amp,
     train_one_epoch,
 )
-from retina_deploy.errors import ConfigError, DatasetError
-from retina_deploy.model import build_model
-from retina_deploy.optim import LRSchedule, build_optimizer, clamp_warmup
-from retina_deploy.predict import TorchPredictor, evaluate_predictor
-from retina_deploy.runtime.preprocess import PreprocessConfig
-from retina_deploy.train_config import PATH_FIELDS, RESUME_OVERRIDABLE, TrainConfig
+from retina_deploy.training.optim import LRSchedule, build_optimizer, clamp_warmup
 
 __all__ = ["TrainConfig", "load_datasets", "run_length", "train"]
 
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: TrainConfig, *, stop_after_iters: int | None = None) -> Path:
-    """Train as ``cfg`` says and return the run folder (see ``retina_deploy.run_files`` for its contents).
+    """Train as ``cfg`` says and return the run folder (see ``retina_deploy.training.run_files`` for its contents).
 
     ``stop_after_iters`` is a test hook that abandons the run after that global iteration as a kill
     would (nothing more is saved); it does not change the schedule. Under torchrun (WORLD_SIZE > 1)
