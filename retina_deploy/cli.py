@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from retina_deploy import __version__
+from retina_deploy.cli_bench import add_bench
 from retina_deploy.cli_train import add_train_arguments, run_train
 from retina_deploy.errors import RetinaDeployError
 
@@ -332,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_export_onnx,
         _add_build_engine,
         _add_demo,
+        add_bench,
     ):
         add(sub)
     return parser
