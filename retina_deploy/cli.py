@@ -12,6 +12,7 @@ from pathlib import Path
 
 from retina_deploy import __version__
 from retina_deploy.cli_bench import add_bench
+from retina_deploy.cli_serve import add_serve, add_triton_repo
 from retina_deploy.cli_train import add_train_arguments, run_train
 from retina_deploy.errors import RetinaDeployError
 
@@ -333,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_export_onnx,
         _add_build_engine,
         _add_demo,
+        add_serve,
+        add_triton_repo,
         add_bench,
     ):
         add(sub)

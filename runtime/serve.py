@@ -1,0 +1,376 @@
+"""``serve``: a ``BatchingDetector`` over HTTP (Starlette + uvicorn, prometheus-client; torch-free).
+
+Routes:
+
+- ``POST /v1/detect``: one image (JPEG/PNG/BMP) as the body, or several as ``multipart/form-data``
+  file parts. Query: ``score_threshold`` (0..1), ``max_detections`` (>= 0). Answer:
+  ``{"results": [{"name", "detections": [{"box": [x1, y1, x2, y2], "score", "class_id",
+  "class_name"}]}]}``, one entry per image in order, boxes in the image's original pixels.
+- ``GET /health/live`` (the process answers), ``GET /health/ready`` (model loaded, warm-up batch
+  run, not draining), ``GET /v1/model``, ``GET /metrics`` (Prometheus text format).
+
+Admission is decided on the event loop before any decoding: a request whose images do not fit in
+the queue gets 503 with ``Retry-After`` at once. Errors are JSON ``{"error": message}``: 400 for a
+bad image or parameter (naming it), 404 unknown route, 413 body over the limit, 503 not ready or
+queue full, 504 no result in time. SIGTERM: stop accepting, answer what is in flight, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from retina_deploy.errors import ConfigError, ImageError, RetinaDeployError
+from retina_deploy.fileio import sha256_file
+from retina_deploy.runtime.batching import BatcherClosedError, BatchingDetector, QueueFullError
+from retina_deploy.runtime.detector import Detector
+from retina_deploy.runtime.serve_metrics import MeteredDetector, ServeMetrics
+from retina_deploy.runtime.serve_request import Reject, filtered, query_options, request_images
+
+log = logging.getLogger("retina_deploy.serve")
+RETRY_AFTER_S = "1"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How ``serve`` batches and protects itself.
+
+    max_batch: most images per model batch (None: the model's maximum).
+    max_delay_ms: longest wait of the oldest queued image for others to join its batch.
+    max_queue: most images waiting for a batch; more are refused with 503 at once.
+    workers: threads that decode and preprocess images (the event loop never does).
+    max_body_mb: largest request body in MiB (413 above).
+    max_images: most images in one multipart request.
+    timeout_s: longest wait for a result (504 after it).
+    drain_timeout_s: on SIGTERM, longest wait for in-flight requests before they are cancelled.
+    """
+
+    max_batch: int | None = None
+    max_delay_ms: float = 5.0
+    max_queue: int = 64
+    workers: int = 2
+    max_body_mb: float = 16.0
+    max_images: int = 16
+    timeout_s: float = 30.0
+    drain_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "workers", "max_images"):
+            value = getattr(self, name)
+            if value is None and name == "max_batch":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("max_delay_ms", "max_body_mb", "timeout_s", "drain_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("max_body_mb", "timeout_s"):
+            if getattr(self, name) == 0:
+                raise ConfigError(f"{name} must be > 0")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * (1 << 20))
+
+
+class ServerState:
+    """What the handlers share: the detector once loaded, the batcher, readiness and admission counts."""
+
+    def __init__(self, load: Callable[[], Detector], cfg: ServeConfig, metrics: ServeMetrics) -> None:
+        self.load, self.cfg, self.metrics = load, cfg, metrics
+        self.batcher: BatchingDetector | None = None
+        self.model_info: dict[str, Any] = {}
+        self.ready = threading.Event()
+        self.draining = False
+        self.load_error: str | None = None
+        self.load_exception: Exception | None = None
+        self.on_fatal: Callable[[str], None] = lambda message: None
+        self.reserved = 0  # images admitted and being preprocessed, not yet in the batcher's queue
+        self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="retina-preprocess")
+
+    def start(self) -> None:
+        """Load the model, run a warm-up batch and open the batcher (in a thread; the server answers meanwhile)."""
+        threading.Thread(target=self._load, name="retina-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            detector = self.load()
+            info = describe_model(detector)
+            cfg = self.cfg
+            warmup = min(cfg.max_batch or detector.max_batch, detector.max_batch)
+            detector.run_batch(np.zeros((warmup, 3, *detector.spec.preprocess.size), np.float32))
+            metered = MeteredDetector(detector, self.metrics)
+            self.batcher = BatchingDetector(
+                metered,
+                max_batch=cfg.max_batch,
+                max_delay_ms=cfg.max_delay_ms,
+                max_queue=cfg.max_queue,
+                timeout_s=cfg.timeout_s,
+            )
+            self.metrics.track_queue(lambda: self.batcher.queue_length)
+            self.model_info = {**info, "batch_range": [1, self.batcher.max_batch]}
+            self.ready.set()
+            log.info("model ready: %s", info["backend"])
+        except Exception as e:  # noqa: BLE001 - reported on /health/ready and ends the server
+            self.load_error = f"{type(e).__name__}: {e}"
+            self.load_exception = e
+            log.error("model failed to load: %s", self.load_error)
+            self.on_fatal(self.load_error)
+
+    def close(self) -> None:
+        """Finish every accepted request, then release the model."""
+        if self.batcher is not None:
+            self.batcher.close(drain=True)
+            self.batcher.detector.close()
+        self.pool.shutdown(wait=True)
+
+
+def describe_model(detector: Detector) -> dict[str, Any]:
+    """The ``/v1/model`` answer: classes, input size, batch range, precision, backend, source sha256."""
+    backend = detector.backend
+    metadata = getattr(getattr(backend, "model", None), "metadata", None)  # ONNX Runtime
+    manifest = getattr(backend, "manifest", None)  # TensorRT
+    precision = getattr(metadata, "precision", None) or getattr(manifest, "precision", None)
+    return {
+        "classes": list(detector.class_names),
+        "input_size": list(detector.spec.preprocess.size),
+        "model_batch_range": [detector.min_batch, detector.max_batch],
+        "precision": precision or getattr(backend, "precision", "unknown"),
+        "backend": backend.name,
+        "nms": detector.spec.nms.mode,
+        "source_sha256": _source_sha256(backend, manifest),
+    }
+
+
+def _source_sha256(backend, manifest) -> str | None:
+    """sha256 of the served file: an engine's from its manifest, an ONNX file's hashed, Triton's from its config."""
+    if manifest is not None:
+        return manifest.engine_sha256
+    path = getattr(getattr(backend, "model", None), "path", None)
+    if path is not None:
+        return sha256_file(path)
+    return getattr(backend, "source_sha256", None)
+
+
+# ---------------------------------------------------------------------------------------------- handlers
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.retina
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _live(request: Request) -> Response:
+    return JSONResponse({"status": "live"})
+
+
+async def _ready(request: Request) -> Response:
+    st = _state(request)
+    if st.load_error is not None:
+        return _error(503, f"model failed to load: {st.load_error}")
+    if st.draining:
+        return _error(503, "draining: shutting down", {"Retry-After": RETRY_AFTER_S})
+    if not st.ready.is_set():
+        return _error(503, "loading the model", {"Retry-After": RETRY_AFTER_S})
+    return JSONResponse({"status": "ready"})
+
+
+async def _model(request: Request) -> Response:
+    st = _state(request)
+    if not st.ready.is_set():
+        return _error(503, "loading the model", {"Retry-After": RETRY_AFTER_S})
+    return JSONResponse(st.model_info)
+
+
+async def _metrics(request: Request) -> Response:
+    return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _detect_route(request: Request) -> Response:
+    st = _state(request)
+    try:
+        return JSONResponse({"results": await _detect(request, st)})
+    except Reject as r:
+        st.metrics.rejections.labels(reason=r.reason).inc()
+        return _error(r.status, r.message, r.headers)
+
+
+async def _detect(request: Request, st: ServerState) -> list[dict[str, Any]]:
+    if st.draining or not st.ready.is_set():
+        raise Reject(503, "draining" if st.draining else "loading the model", "not_ready", _retry())
+    score_threshold, max_detections = query_options(request)
+    images = await request_images(request, max_bytes=st.cfg.max_body_bytes, max_images=st.cfg.max_images)
+    batcher = st.batcher
+    if batcher.queue_length + st.reserved + len(images) > batcher.max_queue:
+        raise Reject(503, f"queue is full ({batcher.max_queue} images); retry later", "queue_full", _retry())
+    st.reserved += len(images)
+    loop = asyncio.get_running_loop()
+    try:
+        submitted = await asyncio.gather(
+            *(loop.run_in_executor(st.pool, batcher.submit, data) for _, data in images), return_exceptions=True
+        )
+    finally:
+        st.reserved -= len(images)
+    failed = [(i, e) for i, e in enumerate(submitted) if isinstance(e, BaseException)]
+    if failed:
+        for f in submitted:
+            if not isinstance(f, BaseException):
+                f.cancel()  # not run if still queued: the request is answered once, with the error
+        raise _submit_error(images[failed[0][0]][0], failed[0][1])
+    try:
+        dets = await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, submitted)), st.cfg.timeout_s)
+    except asyncio.TimeoutError:
+        raise Reject(504, f"no result within {st.cfg.timeout_s} s", "timeout") from None
+    return [
+        {"name": name, **filtered(d, score_threshold, max_detections).to_dict()}
+        for (name, _), d in zip(images, dets, strict=True)
+    ]
+
+
+def _retry() -> dict[str, str]:
+    return {"Retry-After": RETRY_AFTER_S}
+
+
+def _submit_error(name: str, e: BaseException) -> Reject:
+    if isinstance(e, QueueFullError):
+        return Reject(503, str(e), "queue_full", _retry())
+    if isinstance(e, BatcherClosedError):
+        return Reject(503, "draining: shutting down", "not_ready", _retry())
+    if isinstance(e, (ImageError, ConfigError)):
+        return Reject(400, f"{name}: {e}", "bad_request")
+    raise e
+
+
+# ---------------------------------------------------------------------------------------------- app
+
+
+async def _not_found(request: Request, exc: HTTPException) -> Response:
+    return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+
+
+class _Metered:
+    """ASGI middleware: counts every HTTP answer by route and status, and its latency."""
+
+    def __init__(self, app, metrics: ServeMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.observe_request(scope["path"], status, time.perf_counter() - start)
+
+
+def create_app(load: Callable[[], Detector], cfg: ServeConfig | None = None) -> Starlette:
+    """The ASGI app. ``load()`` opens the Detector; it runs in a thread after startup, so the server
+    answers (live, not ready) while the model loads. ``app.state.retina`` is the ``ServerState``."""
+    cfg = cfg or ServeConfig()
+    metrics = ServeMetrics()
+    state = ServerState(load, cfg, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state.start()
+        yield
+        await asyncio.to_thread(state.close)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/detect", _detect_route, methods=["POST"]),
+            Route("/v1/model", _model, methods=["GET"]),
+            Route("/health/live", _live, methods=["GET"]),
+            Route("/health/ready", _ready, methods=["GET"]),
+            Route("/metrics", _metrics, methods=["GET"]),
+        ],
+        exception_handlers={404: _not_found, 405: _not_found},
+        lifespan=lifespan,
+    )
+    app.state.retina = state
+    app.add_middleware(_Metered, metrics=metrics)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------- runner
+
+
+def run_server(
+    load: Callable[[], Detector],
+    cfg: ServeConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    announce: Callable[[str], None] = print,
+) -> int:
+    """Serve until SIGTERM/SIGINT (then drain); returns 0, or 1 when the model failed to load
+    (a RetinaDeployError from ``load`` is raised again once the server has stopped).
+
+    ``port`` 0 picks a free port; ``announce`` gets "listening on http://HOST:PORT" once bound.
+    """
+    cfg = cfg or ServeConfig()
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port must be in 0..65535, got {port!r}")
+    app = create_app(load, cfg)
+    state: ServerState = app.state.retina
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+    config = uvicorn.Config(
+        app, log_level="info", access_log=False, lifespan="on", timeout_graceful_shutdown=cfg.drain_timeout_s
+    )
+    server = _DrainingServer(config, state)
+    state.on_fatal = lambda message: setattr(server, "should_exit", True)
+    announce(f"listening on http://{host}:{sock.getsockname()[1]}")
+    server.run(sockets=[sock])
+    if isinstance(state.load_exception, RetinaDeployError):
+        raise state.load_exception
+    return 1 if state.load_error else 0
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's Server that marks the app not ready as soon as a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig, frame) -> None:
+        self.state.draining = True
+        super().handle_exit(sig, frame)

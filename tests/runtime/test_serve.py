@@ -1,0 +1,326 @@
+"""serve: readiness, answers, every error path, back-pressure, metrics and SIGTERM draining.
+
+Most tests run the app under uvicorn in a thread (127.0.0.1, a free port) with a fake detector whose
+answer identifies each image (serve_fakes); one runs the real CLI on an exported ONNX file.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from serve_fakes import expected, fake_detector, png, running, wait_ready
+
+from retina_deploy.errors import ConfigError
+from retina_deploy.runtime.serve import ServeConfig, create_app
+
+HERE = Path(__file__).parent
+
+
+def _app(load=None, **cfg):
+    return create_app(load or (lambda: fake_detector(max_batch=4)), ServeConfig(**cfg))
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text (0 if absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
+        if m and m[1] == name and ",".join(sorted((m[2] or "").split(","))) == want:
+            return float(m[3])
+    return 0.0
+
+
+# ------------------------------------------------------------------ readiness
+
+
+def test_live_at_once_ready_after_load_and_warmup():
+    gate = threading.Event()
+    det = fake_detector(max_batch=4)
+
+    def load():
+        gate.wait(30)
+        return det
+
+    with running(_app(load)) as base, httpx.Client() as c:
+        assert c.get(f"{base}/health/live").status_code == 200
+        r = c.get(f"{base}/health/ready")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "loading" in r.json()["error"]
+        assert c.post(f"{base}/v1/detect", content=png(10)).status_code == 503
+        assert c.get(f"{base}/v1/model").status_code == 503
+        gate.set()
+        wait_ready(c, base)
+        assert det.backend.batch_sizes == [4]  # the warm-up batch ran before ready
+        info = c.get(f"{base}/v1/model").json()
+        assert info["classes"] == ["even", "odd"] and info["input_size"] == [128, 128]
+        assert info["batch_range"] == [1, 4] and info["backend"] == "fake" and info["nms"] == "onnx"
+
+
+def test_failed_load_is_reported_and_never_ready():
+    def load():
+        raise ConfigError("no such model")
+
+    app = _app(load)
+    fatal = []
+    app.state.retina.on_fatal = fatal.append
+    with running(app) as base, httpx.Client() as c:
+        deadline = time.monotonic() + 10
+        while not fatal and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = c.get(f"{base}/health/ready")
+        assert r.status_code == 503 and "no such model" in r.json()["error"]
+        assert c.get(f"{base}/health/live").status_code == 200
+    assert fatal == ["ConfigError: no such model"]
+
+
+# ------------------------------------------------------------------ answers
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running(_app(max_body_mb=0.01, max_images=3)) as base, httpx.Client() as c:
+        wait_ready(c, base)
+        yield base, c
+
+
+def test_one_image_as_body(server):
+    base, c = server
+    r = c.post(f"{base}/v1/detect", content=png(37), headers={"content-type": "image/png"})
+    assert r.status_code == 200
+    assert r.json() == {"results": [{"name": "body", "detections": [expected(37)]}]}
+
+
+def test_several_images_as_multipart_in_order(server):
+    base, c = server
+    files = [("images", (f"{v}.png", png(v), "image/png")) for v in (11, 12, 13)]
+    r = c.post(f"{base}/v1/detect", files=files)
+    assert r.status_code == 200
+    assert r.json()["results"] == [{"name": f"{v}.png", "detections": [expected(v)]} for v in (11, 12, 13)]
+
+
+def test_score_threshold_and_max_detections(server):
+    base, c = server
+    assert c.post(f"{base}/v1/detect?score_threshold=0.2", content=png(40)).json()["results"][0]["detections"] == []
+    kept = c.post(f"{base}/v1/detect?score_threshold=0.1", content=png(40)).json()["results"][0]["detections"]
+    assert kept == [expected(40)]
+    assert c.post(f"{base}/v1/detect?max_detections=0", content=png(40)).json()["results"][0]["detections"] == []
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "message"),
+    [
+        ("", b"not an image", "body: "),
+        ("", b"", "empty body"),
+        ("?score_threshold=nan", None, "score_threshold must be in [0, 1]"),
+        ("?score_threshold=2", None, "score_threshold must be in [0, 1]"),
+        ("?max_detections=-1", None, "max_detections must be >= 0"),
+        ("?max_detections=x", None, "bad query parameter"),
+        ("?threshold=0.5", None, "unknown query parameter 'threshold'"),
+    ],
+)
+def test_400_names_the_problem(server, query, body, message):
+    base, c = server
+    r = c.post(f"{base}/v1/detect{query}", content=png(5) if body is None else body)
+    assert r.status_code == 400 and message in r.json()["error"]
+
+
+def test_400_multipart_names_the_part(server):
+    base, c = server
+    files = [("a", ("good.png", png(3), "image/png")), ("b", ("broken.jpg", b"\xff\xd8garbage", "image/jpeg"))]
+    r = c.post(f"{base}/v1/detect", files=files)
+    assert r.status_code == 400 and r.json()["error"].startswith("broken.jpg: ")
+    r = c.post(f"{base}/v1/detect", data={"note": "hello"}, files=[("a", ("a.png", png(3), "image/png"))])
+    assert r.status_code == 400 and "'note' is not a file part" in r.json()["error"]
+    too_many = [("i", (f"{i}.png", png(i), "image/png")) for i in range(4)]
+    r = c.post(f"{base}/v1/detect", files=too_many)
+    assert r.status_code == 400 and "multipart" in r.json()["error"]
+
+
+def test_413_body_over_the_limit(server):
+    base, c = server
+    big = os.urandom(20_000)  # limit 0.01 MiB = 10485 bytes
+    r = c.post(f"{base}/v1/detect", content=big)
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(10):
+            yield os.urandom(2_000)
+
+    r = c.post(f"{base}/v1/detect", content=chunks())
+    assert r.status_code == 413
+
+
+def test_404_and_405_are_json(server):
+    base, c = server
+    r = c.get(f"{base}/v2/models")
+    assert r.status_code == 404 and r.json()["error"] == "Not Found: GET /v2/models"
+    assert c.get(f"{base}/v1/detect").status_code == 405
+
+
+def test_metrics_counters_move(server):
+    base, c = server
+    before = c.get(f"{base}/metrics").text
+    c.post(f"{base}/v1/detect", content=png(9))
+    c.post(f"{base}/v1/detect", content=b"junk")
+    c.get(f"{base}/nowhere")
+    after = c.get(f"{base}/metrics").text
+    assert after.startswith("# HELP") or "retina_http_requests_total" in after
+
+    def moved(name, **labels):
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    assert moved("retina_http_requests_total", route="/v1/detect", status="200") == 1
+    assert moved("retina_http_requests_total", route="/v1/detect", status="400") == 1
+    assert moved("retina_http_requests_total", route="other", status="404") == 1
+    assert moved("retina_rejections_total", reason="bad_request") == 1
+    assert moved("retina_batch_size_count") == 1 and moved("retina_images_total") == 1
+    assert moved("retina_request_latency_seconds_count", route="/v1/detect") == 2
+    assert "retina_queue_depth 0.0" in after
+
+
+# ------------------------------------------------------------------ back-pressure
+
+
+def test_overload_gives_fast_503s_and_every_accepted_request_its_answer():
+    """max_batch 1, max_queue 3, the model held: of 10 simultaneous requests one runs, 3 wait, 6 get 503."""
+    gate = threading.Event()
+    det = fake_detector(max_batch=1, gate=gate)
+    gate.set()  # let the warm-up through, then hold every batch
+    app = _app(lambda: det, max_batch=1, max_queue=3, max_delay_ms=0)
+    with running(app) as base, httpx.Client() as c:
+        wait_ready(c, base)
+        gate.clear()
+        det.backend.entered.clear()
+        n_total = 10
+        answers: dict[int, httpx.Response] = {}
+        elapsed: dict[int, float] = {}
+
+        def post(v):
+            start = time.perf_counter()
+            with httpx.Client(timeout=30) as own:
+                answers[v] = own.post(f"{base}/v1/detect", content=png(v))
+            elapsed[v] = time.perf_counter() - start
+
+        with ThreadPoolExecutor(n_total) as pool:
+            futures = [pool.submit(post, v) for v in range(100, 100 + n_total)]
+            deadline = time.monotonic() + 20
+            while sum(r.status_code == 503 for r in answers.values()) < n_total - 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            rejected = {v for v, r in answers.items() if r.status_code == 503}
+            assert len(rejected) == n_total - 4 and len(answers) == n_total - 4  # nothing else answered yet
+            gate.set()
+            for f in futures:
+                f.result()
+        ok = {v for v, r in answers.items() if r.status_code == 200}
+        assert len(ok) == 4 and ok | rejected == set(range(100, 100 + n_total)) and not ok & rejected
+        for v in ok:
+            assert answers[v].json()["results"][0]["detections"] == [expected(v)]
+        for v in rejected:
+            assert answers[v].headers["retry-after"] == "1" and "queue is full" in answers[v].json()["error"]
+            assert elapsed[v] < 5  # answered while the model was still held
+        assert det.backend.batch_sizes[1:] == [1, 1, 1, 1]  # each accepted image ran exactly once
+        assert c.get(f"{base}/health/ready").status_code == 200
+        text = c.get(f"{base}/metrics").text
+        assert _metric(text, "retina_rejections_total", reason="queue_full") == n_total - 4
+        assert c.post(f"{base}/v1/detect", content=png(7)).json()["results"][0]["detections"] == [expected(7)]
+
+
+def test_config_validation():
+    for bad in ({"max_queue": 0}, {"workers": -1}, {"max_delay_ms": float("nan")}, {"max_body_mb": 0}):
+        with pytest.raises(ConfigError):
+            ServeConfig(**bad)
+
+
+# ------------------------------------------------------------------ SIGTERM
+
+
+def _start(cmd: list[str], cwd: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+    if not m:
+        proc.kill()
+        raise AssertionError(f"no address announced: {line!r} {proc.stderr.read()}")
+    return proc, m[1]
+
+
+def _drain_check(proc: subprocess.Popen, base: str, bodies: list[bytes]) -> list[httpx.Response]:
+    """Start requests, SIGTERM while they are in flight; they all answer, new connections fail, the process exits."""
+    with httpx.Client() as c:
+        wait_ready(c, base)
+    results: list = [None] * len(bodies)
+
+    def post(i):
+        with httpx.Client(timeout=30) as own:
+            results[i] = own.post(f"{base}/v1/detect", content=bodies[i])
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    time.sleep(0.4)  # in the batcher: the batch takes >= 1 s
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    with pytest.raises(httpx.TransportError), httpx.Client() as c:
+        c.get(f"{base}/health/live")  # no longer accepting
+    for t in threads:
+        t.join(30)
+    rc = proc.wait(30)
+    assert rc in (0, -signal.SIGTERM), proc.stderr.read()
+    return results
+
+
+def test_sigterm_drains_in_flight_requests():
+    cmd = [sys.executable, "-c", "import serve_fakes; serve_fakes.serve_fake_main()"]
+    proc, base = _start(cmd, HERE)
+    try:
+        results = _drain_check(proc, base, [png(v) for v in (21, 22, 23)])
+    finally:
+        proc.kill()
+    for v, r in zip((21, 22, 23), results, strict=True):
+        assert r is not None and r.status_code == 200, r
+        assert r.json()["results"][0]["detections"] == [expected(v)]
+
+
+def test_cli_serves_an_onnx_file_like_the_detector(tmp_path):
+    """`retina-deploy serve model.onnx`: same detections as Detector in-process; SIGTERM drains."""
+    from detector_models import exported, images
+    from PIL import Image
+
+    from retina_deploy.runtime.detector import Detector
+
+    model = exported("onnx")
+    paths = []
+    for i, img in enumerate(images()[:2]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    with Detector.load(model, backend="ort-cpu") as det:
+        want = [det.detect_one(p).to_dict()["detections"] for p in paths]
+    cmd = [sys.executable, "-m", "retina_deploy.cli", "serve", str(model), "--port", "0", "--max-delay-ms", "1500"]
+    proc, base = _start(cmd, tmp_path)
+    try:
+        results = _drain_check(proc, base, [p.read_bytes() for p in paths])
+    finally:
+        proc.kill()
+    for r, w in zip(results, want, strict=True):
+        got = r.json()["results"][0]["detections"]
+        assert [d["class_name"] for d in got] == [d["class_name"] for d in w]
+        np.testing.assert_allclose([d["box"] for d in got], [d["box"] for d in w], atol=0.02)
+        np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in w], atol=1e-4)
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    from retina_deploy.cli import main
+
+    assert main(["serve", str(tmp_path / "missing.onnx"), "--port", "0"]) == 1
+    with pytest.raises(SystemExit):
+        main(["serve", "m.onnx", "--max-queue", "0"])
+    with pytest.raises(SystemExit):
+        main(["serve", "m.onnx", "--max-delay-ms", "nan"])
