@@ -1,9 +1,8 @@
 """ONNX Runtime backend for exported retina-deploy files (torch-free).
 
 ``OnnxModel.load(path)`` reads the file's metadata (class names, preprocessing, NMS settings,
-batch range); ``run`` returns the graph's outputs, ``detect`` the same four detection arrays for
-every ``--nms`` variant (host top-k + NMS for ``none`` files, the CPU reference op for
-``efficient`` files).
+batch range); ``run`` returns the graph's outputs (``efficient`` files run the plugin's CPU
+reference op). Turning outputs into detections is the ``Detector``'s job, for every backend.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import onnxruntime as ort
 
 from retina_deploy.errors import ImageError, ModelFileError
 from retina_deploy.runtime import efficient_nms_ort
-from retina_deploy.runtime.host_nms import detections_from_dense
 from retina_deploy.runtime.onnx_metadata import INPUT_NAME, OnnxMetadata
 
 _ORT_LOAD_ERRORS = tuple(
@@ -106,23 +104,6 @@ class OnnxModel:
             name: np.concatenate([c[j] for c in chunks]) if len(chunks) > 1 else chunks[0][j]
             for j, name in enumerate(self._output_names)
         }
-
-    def detect(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Detections for every variant: num_dets [B, 1] int32, boxes [B, K, 4] float32 xyxy input
-        pixels, scores [B, K] float32 (descending), classes [B, K] int32, zero past num_dets."""
-        out = self.run(images)
-        nms = self.metadata.nms
-        if nms.mode != "none":
-            return out
-        return detections_from_dense(
-            out["boxes"],
-            out["scores"],
-            level_sizes=self.metadata.anchors_per_level,
-            topk=nms.topk_per_level,
-            score_thresh=nms.score_thresh,
-            iou_thresh=nms.iou_thresh,
-            max_dets=nms.max_dets,
-        )
 
     def _check_images(self, images: np.ndarray) -> None:
         h, w = self.metadata.input_size

@@ -73,16 +73,9 @@ def images(seed: int = 0) -> list[np.ndarray]:
 
 
 def match_detections(a, b, *, box_tol: float = 0.5, score_tol: float = 1e-3) -> None:
-    """Assert two ``Detections`` are equal up to tolerances (order by score; near-ties may swap)."""
-    assert len(a) == len(b), f"{len(a)} vs {len(b)} detections"
-    used = np.zeros(len(b), bool)
-    for box, score, cid in zip(a.boxes, a.scores, a.class_ids, strict=True):
-        close = (
-            ~used
-            & (b.class_ids == cid)
-            & (np.abs(b.scores - score) <= score_tol)
-            & (np.abs(b.boxes - box).max(axis=1) <= box_tol)
-        )
-        assert close.any(), f"no match for box {box} score {score} class {cid}"
-        used[np.flatnonzero(close)[0]] = True
+    """Assert two ``Detections`` are equal up to tolerances: paired one to one, only explained flips
+    (tests/detection_compare.py; NMS threshold and max detections as in ``checkpoint()``)."""
+    from detection_compare import compare_detections
+
+    compare_detections(a, b, nms_thresh=0.5, box_tol=box_tol, score_tol=score_tol, score_thresh=0.05, max_dets=50)
     assert a.class_names == tuple(a.class_names) and len(a.class_names) == len(b.class_names)
