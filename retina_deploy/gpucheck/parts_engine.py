@@ -1,0 +1,248 @@
+"""TensorRT parts: engines built per precision, ``Detector`` on each (CUDA graphs off and on), ``bench``, C++.
+
+For every installed flavour (``tensorrt``: the file exported with ``--nms onnx``; ``tensorrt-rtx``:
+``--nms none``, as it cannot build NonMaxSuppression), each precision of the plan is built with
+``build_engine`` (FP16 / INT8 baked into the ONNX file, the network- and inspector-level precision
+checks), then run through ``Detector.load`` and compared with ONNX Runtime CPU running the file the
+engine was built from. The ``bench`` verb and the C++ runtime are used only where they exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from retina_deploy.gpucheck.context import CheckContext, require_modules
+from retina_deploy.gpucheck.parity import MIN_MATCHED, identical, match_detections
+from retina_deploy.gpucheck.parts_ort import TIMED_RUNS, detector_latency, reference_detections
+from retina_deploy.gpucheck.report import Clock, Disagree, PartRecord, Skip, run_step
+
+BUILD_ESTIMATE_S = {"fp32": 20, "fp16": 25, "int8": 40}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def build_one(ctx: CheckContext, onnx: Path, flavour: str, precision: str) -> dict[str, Any]:
+    """``build_engine`` of ``onnx`` in ``precision``; the engine and its baked ONNX file go in ctx.artifacts."""
+    from retina_deploy.calib.int8 import CalibConfig
+    from retina_deploy.calib.quantize import Int8Config
+    from retina_deploy.export.engine_builder import EngineBuildConfig, build_engine
+
+    plan = ctx.plan
+    int8 = None
+    if precision == "int8":
+        images = ctx.shapes(max(plan.engine_size), max(plan.images, plan.calib_num)) / "images"
+        int8 = Int8Config(calib_images=images, calib=CalibConfig(num=plan.calib_num, batch=min(8, plan.calib_num)))
+    cfg = EngineBuildConfig(
+        precision=precision,
+        batch=plan.engine_batch,
+        flavour=flavour,
+        int8=int8,
+        optimization_level=plan.engine_opt_level,
+        timing_cache=ctx.out / "engines" / f"{flavour}.timing-cache",
+        precision_onnx=ctx.out / "engines" / f"{flavour}-{onnx.stem}.{precision}.onnx",
+    )
+    result = build_engine(onnx, ctx.out / "engines" / f"{flavour}-{precision}.engine", cfg)
+    ctx.artifacts[f"engine-{flavour}-{precision}"] = result
+    return {
+        "build_s": round(result.seconds, 1),
+        "engine_mib": round(result.engine_path.stat().st_size / 2**20, 2),
+        "built_from": result.onnx_path.name,
+        "precision_check": result.precision_check,
+        "inspector": result.precision_check.get("engine", {}).get("result"),
+        "notes": list(result.notes),
+    }
+
+
+def _detect_twice(engine: Path, images, graphs: bool, runs: int) -> tuple[list, list, dict[str, Any]]:
+    """Two ``detect`` calls (with graphs, the second replays the graph captured in the first) and latency."""
+    from retina_deploy.runtime import Detector
+
+    with Detector.load(engine, cuda_graphs=graphs) as detector:
+        first = detector.detect(images)
+        second = detector.detect(images)
+        latency = detector_latency(detector, images, runs)
+        captured = getattr(detector.backend, "_graphs", None)  # tensorrt flavour only; diagnostic
+        if graphs and captured is not None:
+            latency["graphs_captured_for_batches"] = sorted(captured)
+    return first, second, latency
+
+
+def run_engine(ctx: CheckContext, flavour: str, precision: str, images) -> dict[str, Any]:
+    """Detector on the engine, CUDA graphs off and on, against ONNX Runtime CPU on the engine's ONNX file."""
+    result = ctx.artifacts[f"engine-{flavour}-{precision}"]
+    ref = reference_detections(result.onnx_path, images)
+    runs = TIMED_RUNS[ctx.mode]
+    plain, plain_again, latency_plain = _detect_twice(result.engine_path, images, False, runs)
+    graph_first, graph_replay, latency_graphs = _detect_twice(result.engine_path, images, True, runs)
+    row = {**match_detections(ref, plain), "latency": latency_plain, "latency_cuda_graphs": latency_graphs}
+    row["graphs_equal_plain"] = identical(plain, graph_first) and identical(plain, graph_replay)
+    row["repeatable"] = identical(plain, plain_again)
+    if not (row["graphs_equal_plain"] and row["repeatable"]):
+        raise Disagree(f"CUDA graphs on/off or repeated runs gave different detections: {row}")
+    if row["matched_fraction"] < MIN_MATCHED[precision]:
+        raise Disagree(
+            f"matched {row['matched']}/{row['compared']} of ONNX Runtime CPU's top detections"
+            f" (< {MIN_MATCHED[precision]:.0%}); max score diff {row['max_score_diff']}"
+        )
+    return row
+
+
+def bench_help() -> str | None:
+    """``retina-deploy bench --help`` where this checkout has the verb, else None."""
+    cmd = [sys.executable, "-m", "retina_deploy.cli", "bench", "--help"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+def bench_command(help_text: str, engines: list[Path], batches: list[int], out: Path) -> list[str]:
+    """The bench command line: short timings, on the GPU, with graphs (each option only if the verb has it)."""
+    cmd = [sys.executable, "-m", "retina_deploy.cli", "bench", *map(str, engines), "--batch", *map(str, batches)]
+    optional = (("--warmup-s", "1"), ("--duration-s", "2"), ("--device", "cuda:0"), ("--cuda-graphs", None))
+    for flag, value in optional:
+        if flag in help_text:
+            cmd += [flag] if value is None else [flag, value]
+    return [*cmd, "--json", str(out)]
+
+
+def run_bench(ctx: CheckContext, help_text: str, engines: list[Path], flavour: str, clock: Clock) -> dict[str, Any]:
+    """``retina-deploy bench ENGINES --batch MIN MAX --json`` in a subprocess; its report (when small)."""
+    out = ctx.out / "engines" / f"bench-{flavour}.json"
+    batches = sorted({ctx.plan.engine_batch[0], ctx.plan.engine_batch[2]})
+    cmd = bench_command(help_text, engines, batches, out)
+    timeout = max(10.0, min(180.0, clock.left()))
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=ctx.out)
+    except subprocess.TimeoutExpired as e:
+        raise Skip(f"out of time: bench still running after {timeout:.0f} s") from e
+    if done.returncode != 0:
+        raise RuntimeError(f"bench exit {done.returncode}: {(done.stderr or done.stdout).strip()[-600:]}")
+    text = out.read_text(encoding="utf-8") if out.is_file() else ""
+    row: dict[str, Any] = {"command": cmd[2:], "json": str(out), "stdout_tail": done.stdout.strip()[-800:]}
+    if 0 < len(text) < 50_000:
+        row["report"] = json.loads(text)
+    return row
+
+
+def _can_run_engines(ctx: CheckContext) -> str | None:
+    """None when engines can run here (a GPU and cuda-python), else why not."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no GPU to run an engine on (builds only)"
+    if importlib_find("cuda") is None:
+        return "missing package: cuda-python (the TensorRT backend's CUDA bindings)"
+    return None
+
+
+def importlib_find(name: str):
+    import importlib.util
+
+    return importlib.util.find_spec(name)
+
+
+def part_trt_engines(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
+    """Build, check and run FP32/FP16/INT8 engines for every installed TensorRT flavour."""
+    require_modules("torch")
+    if not ctx.dry_run:
+        ctx.require_gpu()
+    from retina_deploy.runtime.trt_backend import installed_flavours
+
+    flavours = installed_flavours()
+    if not flavours:
+        raise Skip("missing package: tensorrt + cuda-python (or tensorrt-rtx-cu13): pip install tensorrt cuda-python")
+    require_modules("onnx", "onnxslim", "onnxruntime", "safetensors", "retina_deploy.export")
+    cannot_run = _can_run_engines(ctx)
+    help_text = bench_help()
+    images = ctx.test_images()
+    for flavour in flavours:
+        clock.require(30, f"exporting for {flavour}")
+        onnx = ctx.onnx("none" if flavour == "tensorrt-rtx" else "onnx")
+        built = []
+        for precision in ctx.plan.engine_precisions:
+            clock.require(BUILD_ESTIMATE_S[precision], f"{flavour} {precision} engine")
+            row = run_step(
+                rec, f"{flavour}/{precision}/build", lambda f=flavour, p=precision, o=onnx: build_one(ctx, o, f, p)
+            )
+            if row["status"] != "ok":
+                continue
+            built.append(ctx.artifacts[f"engine-{flavour}-{precision}"].engine_path)
+            if cannot_run:
+                rec.figures[f"{flavour}/{precision}/detector"] = {"status": "skipped", "reason": cannot_run}
+                continue
+            clock.require(10, f"{flavour} {precision} Detector")
+            run_step(
+                rec, f"{flavour}/{precision}/detector", lambda f=flavour, p=precision: run_engine(ctx, f, p, images)
+            )
+        if built and not cannot_run and help_text is not None:
+            clock.require(20, f"bench on the {flavour} engines")
+            run_step(rec, f"{flavour}/bench", lambda f=flavour, e=built: run_bench(ctx, help_text, e, f, clock))
+        else:
+            why = cannot_run or ("no engine built" if not built else "not available: no `retina-deploy bench` verb")
+            rec.figures[f"{flavour}/bench"] = {"status": "skipped", "reason": why}
+    rec.summary = _engine_summary(rec)
+
+
+def _engine_summary(rec: PartRecord) -> str:
+    parts = []
+    for key, row in rec.figures.items():
+        if key.endswith("/build") and row.get("status") == "ok":
+            name = key.removesuffix("/build")
+            run = rec.figures.get(f"{name}/detector", {})
+            ms = (run.get("latency_cuda_graphs") or {}).get("infer_b1_ms") if run.get("status") == "ok" else None
+            parts.append(f"{name} built {row['build_s']} s" + (f", b1 {ms} ms (graphs)" if ms is not None else ""))
+    return "; ".join(parts)
+
+
+def part_cpp_trt(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
+    """Configure, build and test runtime/cpp with CMake in the output folder, where the checkout has it."""
+    src = REPO / "runtime" / "cpp"
+    if not (src / "CMakeLists.txt").is_file():
+        raise Skip("not available: runtime/cpp/CMakeLists.txt is not in this checkout")
+    if ctx.dry_run:
+        raise Skip("not built in the CPU dry run (minutes on a small CPU; its CPU tests cover the core)")
+    ctx.require_gpu()
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise Skip("cmake not found on PATH (pip install cmake, or the system package)")
+    build = ctx.out / "cpp-build"
+    jobs = str(os.cpu_count() or 2)
+    steps = [
+        ("configure", [cmake, "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"]),
+        ("build", [cmake, "--build", str(build), "-j", jobs]),
+    ]
+    for name, cmd in steps:
+        clock.require(10, f"cmake {name}")
+        _run_logged(rec, name, cmd, clock, build)
+    cache = build / "CMakeCache.txt"
+    lines = cache.read_text(encoding="utf-8", errors="replace").splitlines() if cache.is_file() else []
+    rec.figures["tensorrt_in_cmake_cache"] = [
+        ln for ln in lines if "nvinfer" in ln.lower() or "tensorrt" in ln.lower()
+    ][:12]
+    ctest = shutil.which("ctest")
+    if ctest and (build / "CTestTestfile.cmake").is_file():
+        clock.require(10, "ctest")
+        _run_logged(rec, "ctest", [ctest, "--test-dir", str(build), "--output-on-failure", "-j", jobs], clock, build)
+    rec.summary = f"built in {build.name}; TensorRT cache entries: {len(rec.figures['tensorrt_in_cmake_cache'])}"
+
+
+def _run_logged(rec: PartRecord, name: str, cmd: list[str], clock: Clock, build: Path) -> None:
+    """Run one CMake step with the budget as timeout; its log tail goes in the figures; failure is an error."""
+    build.mkdir(parents=True, exist_ok=True)
+    timeout = max(5.0, clock.left())
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise Skip(f"out of time: cmake {name} still running after {timeout:.0f} s") from e
+    (build / f"{name}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    rec.figures[name] = {
+        "status": "ok" if done.returncode == 0 else "error",
+        "exit": done.returncode,
+        "log_tail": (done.stdout + done.stderr).strip()[-1500:],
+    }
+    if done.returncode != 0:
+        raise RuntimeError(f"cmake {name} exit {done.returncode} (log: {build / (name + '.log')})")
