@@ -1,0 +1,266 @@
+// The TensorRT backend (TensorRT 10/11 and TensorRT-RTX C++ API): IRuntime -> ICudaEngine -> one
+// IExecutionContext with its own CUDA stream, pinned host buffers, async copies, enqueueV3, and
+// optionally one CUDA graph per batch size.
+#include <NvInferRuntime.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "backend_factory.hpp"
+
+#ifndef RETINA_TRT_FLAVOUR
+#define RETINA_TRT_FLAVOUR "tensorrt"
+#endif
+
+namespace retina::detail {
+namespace {
+
+void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw Error(ErrorCode::kBackend, std::string(what) + ": " + cudaGetErrorName(status) + " (" +
+                                         cudaGetErrorString(status) + ")");
+  }
+}
+
+class Logger : public nvinfer1::ILogger {
+ public:
+  void log(Severity severity, const char* message) noexcept override {
+    if (severity <= Severity::kWARNING) std::fprintf(stderr, "[TensorRT] %s\n", message);
+  }
+};
+
+Logger& logger() {
+  static Logger instance;
+  return instance;
+}
+
+std::string library_release() {
+  const int v = getInferLibVersion();  // major * 10000 + minor * 100 + patch
+  return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+}
+
+struct HostDeviceBuffer {
+  void* host = nullptr;  // pinned
+  void* device = nullptr;
+  std::size_t bytes = 0;
+  HostDeviceBuffer() = default;
+  HostDeviceBuffer(const HostDeviceBuffer&) = delete;
+  HostDeviceBuffer& operator=(const HostDeviceBuffer&) = delete;
+  ~HostDeviceBuffer() {
+    if (host) cudaFreeHost(host);
+    if (device) cudaFree(device);
+  }
+  void allocate(std::size_t n) {
+    bytes = n;
+    check_cuda(cudaMallocHost(&host, n), "cudaMallocHost");
+    check_cuda(cudaMalloc(&device, n), "cudaMalloc");
+  }
+};
+
+struct OutputTensor {
+  std::string name;
+  DataType dtype = DataType::kFloat32;
+  HostDeviceBuffer buffer;
+};
+
+std::size_t element_size(nvinfer1::DataType t) {
+  switch (t) {
+    case nvinfer1::DataType::kFLOAT:
+    case nvinfer1::DataType::kINT32:
+      return 4;
+    default:
+      return 0;
+  }
+}
+
+class TensorRTBackend : public Backend {
+ public:
+  TensorRTBackend(const std::vector<char>& engine, const EngineManifest& manifest, const Options& options)
+      : spec_(manifest.spec), cuda_graphs_(options.cuda_graphs) {
+    check_cuda(cudaSetDevice(options.device), "cudaSetDevice");
+    runtime_.reset(nvinfer1::createInferRuntime(logger()));
+    if (!runtime_) throw Error(ErrorCode::kUnavailable, "TensorRT could not create a runtime");
+    engine_.reset(runtime_->deserializeCudaEngine(engine.data(), engine.size()));
+    if (!engine_) {
+      throw Error(ErrorCode::kModelFile, "TensorRT could not deserialize the engine (see its messages above); "
+                                         "rebuild it on this machine with `retina-deploy build-engine`");
+    }
+    context_.reset(engine_->createExecutionContext());
+    if (!context_) throw Error(ErrorCode::kBackend, "TensorRT could not create an execution context");
+    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    bind_tensors();
+  }
+
+  ~TensorRTBackend() override {
+    for (auto& [batch, exec] : graphs_) cudaGraphExecDestroy(exec);
+    context_.reset();
+    engine_.reset();
+    runtime_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  Outputs run(const float* input, int batch) override {
+    if (batch < spec_.batch_range[0] || batch > spec_.batch_range[2]) {
+      throw Error(ErrorCode::kInvalidArgument, "batch " + std::to_string(batch) + " outside the engine's profile");
+    }
+    const int H = spec_.input_size[0], W = spec_.input_size[1];
+    const std::size_t input_bytes = static_cast<std::size_t>(batch) * 3 * H * W * sizeof(float);
+    std::memcpy(input_.host, input, input_bytes);
+    check_cuda(cudaMemcpyAsync(input_.device, input_.host, input_bytes, cudaMemcpyHostToDevice, stream_), "H2D copy");
+    if (!context_->setInputShape(spec_.input_name.c_str(), nvinfer1::Dims4{batch, 3, H, W})) {
+      throw Error(ErrorCode::kBackend, "TensorRT refused input shape batch " + std::to_string(batch));
+    }
+    enqueue(batch);
+    Outputs out;
+    for (OutputTensor& t : outputs_) {
+      const nvinfer1::Dims dims = context_->getTensorShape(t.name.c_str());
+      TensorView view{t.buffer.host, t.dtype, {}};
+      std::size_t count = 1;
+      for (int i = 0; i < dims.nbDims; ++i) {
+        view.shape.push_back(dims.d[i]);
+        count *= static_cast<std::size_t>(dims.d[i] < 0 ? 0 : dims.d[i]);
+      }
+      if (count * 4 > t.buffer.bytes) throw Error(ErrorCode::kBackend, "output " + t.name + " larger than its buffer");
+      check_cuda(cudaMemcpyAsync(t.buffer.host, t.buffer.device, count * 4, cudaMemcpyDeviceToHost, stream_),
+                 "D2H copy");
+      out[t.name] = view;
+    }
+    check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    return out;
+  }
+
+  std::string describe() const override {
+    cudaDeviceProp prop{};
+    int device = 0;
+    cudaGetDevice(&device);
+    cudaGetDeviceProperties(&prop, device);
+    return std::string(RETINA_TRT_FLAVOUR) + " " + library_release() + " on " + prop.name +
+           (cuda_graphs_ ? " (CUDA graphs)" : "");
+  }
+
+ private:
+  void bind_tensors() {
+    const int max_batch = spec_.batch_range[2];
+    bool found_input = false;
+    for (int i = 0; i < engine_->getNbIOTensors(); ++i) {
+      const char* name = engine_->getIOTensorName(i);
+      const nvinfer1::DataType type = engine_->getTensorDataType(name);
+      const nvinfer1::Dims dims = engine_->getTensorShape(name);
+      std::size_t count = static_cast<std::size_t>(max_batch);
+      for (int d = 1; d < dims.nbDims; ++d) {
+        if (dims.d[d] < 0) throw Error(ErrorCode::kModelFile, std::string("tensor ") + name + " has a dynamic non-batch dim");
+        count *= static_cast<std::size_t>(dims.d[d]);
+      }
+      if (element_size(type) != 4) {
+        throw Error(ErrorCode::kModelFile, std::string("tensor ") + name + " is neither float32 nor int32");
+      }
+      if (engine_->getTensorIOMode(name) == nvinfer1::TensorIOMode::kINPUT) {
+        if (spec_.input_name != name || type != nvinfer1::DataType::kFLOAT) {
+          throw Error(ErrorCode::kModelFile, std::string("unexpected engine input ") + name);
+        }
+        const nvinfer1::Dims lo = engine_->getProfileShape(name, 0, nvinfer1::OptProfileSelector::kMIN);
+        const nvinfer1::Dims hi = engine_->getProfileShape(name, 0, nvinfer1::OptProfileSelector::kMAX);
+        if (lo.d[0] > spec_.batch_range[0] || hi.d[0] < max_batch) {
+          throw Error(ErrorCode::kModelFile, "the engine's profile does not cover the manifest's batch range");
+        }
+        input_.allocate(count * 4);
+        context_->setTensorAddress(name, input_.device);
+        found_input = true;
+      } else {
+        OutputTensor& t = outputs_.emplace_back();
+        t.name = name;
+        t.dtype = type == nvinfer1::DataType::kINT32 ? DataType::kInt32 : DataType::kFloat32;
+        t.buffer.allocate(count * 4);
+        context_->setTensorAddress(name, t.buffer.device);
+      }
+    }
+    if (!found_input) throw Error(ErrorCode::kModelFile, "engine has no input " + spec_.input_name);
+  }
+
+  void enqueue(int batch) {
+    if (!cuda_graphs_) {
+      if (!context_->enqueueV3(stream_)) throw Error(ErrorCode::kBackend, "TensorRT enqueueV3 failed");
+      return;
+    }
+    auto it = graphs_.find(batch);
+    if (it == graphs_.end()) {
+      // One plain run first: TensorRT allocates and selects tactics for the new shape outside the capture.
+      if (!context_->enqueueV3(stream_)) throw Error(ErrorCode::kBackend, "TensorRT enqueueV3 failed");
+      check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+      cudaGraph_t graph = nullptr;
+      check_cuda(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+      const bool ok = context_->enqueueV3(stream_);
+      check_cuda(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+      if (!ok) {
+        cudaGraphDestroy(graph);
+        throw Error(ErrorCode::kBackend, "TensorRT enqueueV3 failed during CUDA graph capture");
+      }
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      check_cuda(status, "cudaGraphInstantiate");
+      it = graphs_.emplace(batch, exec).first;
+    }
+    check_cuda(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+  }
+
+  ModelSpec spec_;
+  bool cuda_graphs_;
+  std::unique_ptr<nvinfer1::IRuntime> runtime_;
+  std::unique_ptr<nvinfer1::ICudaEngine> engine_;
+  std::unique_ptr<nvinfer1::IExecutionContext> context_;
+  cudaStream_t stream_ = nullptr;
+  HostDeviceBuffer input_;
+  std::vector<OutputTensor> outputs_;
+  std::map<int, cudaGraphExec_t> graphs_;
+};
+
+// The manifest against the library this runtime links and the GPU it runs on.
+void check_compatible(const EngineManifest& m, const Options& options, const std::string& path) {
+  std::vector<std::string> problems;
+  if (m.flavour != RETINA_TRT_FLAVOUR) {
+    problems.push_back("it was built with " + m.flavour + ", this runtime links " RETINA_TRT_FLAVOUR);
+  }
+  if (release_of(m.trt_version) != library_release()) {
+    problems.push_back("it was built with " + m.flavour + " " + m.trt_version + ", installed is " + library_release());
+  }
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    throw Error(ErrorCode::kUnavailable, path + ": no CUDA GPU is available to run the engine");
+  }
+  if (options.device < 0 || options.device >= devices) {
+    throw Error(ErrorCode::kInvalidArgument, "device " + std::to_string(options.device) + " does not exist");
+  }
+  cudaDeviceProp prop{};
+  check_cuda(cudaGetDeviceProperties(&prop, options.device), "cudaGetDeviceProperties");
+  const std::string capability = std::to_string(prop.major) + "." + std::to_string(prop.minor);
+  if (options.check_gpu) {
+    bool listed = m.compute_capabilities.empty();
+    for (const std::string& c : m.compute_capabilities) listed = listed || c == capability;
+    if (!listed) problems.push_back("it was built for another compute capability, this GPU is " + capability);
+    if (m.gpu_name && *m.gpu_name != prop.name) {
+      problems.push_back("it was built on a " + *m.gpu_name + ", this GPU is a " + prop.name);
+    }
+  }
+  if (!problems.empty()) {
+    std::string joined;
+    for (const std::string& p : problems) joined += (joined.empty() ? "" : "; ") + p;
+    throw Error(ErrorCode::kModelFile, path + ": engine does not match this machine: " + joined +
+                                           "; rebuild it here with `retina-deploy build-engine`");
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> open_engine(const std::vector<char>& engine, const EngineManifest& manifest,
+                                     const Options& options, const std::string& engine_path) {
+  check_compatible(manifest, options, engine_path);
+  return std::make_unique<TensorRTBackend>(engine, manifest, options);
+}
+
+bool has_tensorrt() { return true; }
+
+}  // namespace retina::detail

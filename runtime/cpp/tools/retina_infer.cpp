@@ -1,0 +1,148 @@
+// retina_infer ENGINE IMAGE... [--json] [--iterations N] [--device D] [--cuda-graphs]
+// Detections of each image (JSON with --json); with --iterations, latency of detect() over all images.
+#include <stb_image.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "retina/detector.hpp"
+
+namespace {
+
+struct Decoded {
+  std::unique_ptr<unsigned char, void (*)(void*)> pixels{nullptr, stbi_image_free};
+  int width = 0, height = 0;
+};
+
+// JPEG, PNG or BMP only (checked from the magic bytes), pixel count checked from the header before decoding.
+Decoded decode(const std::string& path, std::int64_t max_pixels) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw retina::Error(retina::ErrorCode::kImage, path + ": cannot open");
+  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const bool jpeg = bytes.size() > 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF;
+  const bool png = bytes.size() > 8 && std::memcmp(bytes.data(), "\x89PNG\r\n\x1a\n", 8) == 0;
+  const bool bmp = bytes.size() > 2 && bytes[0] == 'B' && bytes[1] == 'M';
+  if (!jpeg && !png && !bmp) throw retina::Error(retina::ErrorCode::kImage, path + ": not a JPEG, PNG or BMP file");
+  const int size = static_cast<int>(std::min<std::size_t>(bytes.size(), 1u << 30));
+  Decoded d;
+  int channels = 0;
+  if (!stbi_info_from_memory(bytes.data(), size, &d.width, &d.height, &channels)) {
+    throw retina::Error(retina::ErrorCode::kImage, path + ": " + stbi_failure_reason());
+  }
+  if (static_cast<std::int64_t>(d.width) * d.height > max_pixels) {
+    throw retina::Error(retina::ErrorCode::kImage, path + ": " + std::to_string(d.width) + "x" +
+                                                       std::to_string(d.height) + " exceeds the pixel limit");
+  }
+  d.pixels.reset(stbi_load_from_memory(bytes.data(), size, &d.width, &d.height, &channels, 3));
+  if (!d.pixels) throw retina::Error(retina::ErrorCode::kImage, path + ": " + stbi_failure_reason());
+  return d;
+}
+
+double percentile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  const double pos = q * static_cast<double>(v.size() - 1);
+  const std::size_t lo = static_cast<std::size_t>(pos);
+  const std::size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - static_cast<double>(lo));
+}
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: retina_infer ENGINE IMAGE... [--json] [--iterations N] [--warmup W] [--device D] "
+               "[--cuda-graphs]\n");
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> positional;
+  bool as_json = false;
+  int iterations = 0, warmup = 3;
+  retina::Options options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next_int = [&](int& out) {
+      if (i + 1 >= argc) return false;
+      char* end = nullptr;
+      const long v = std::strtol(argv[++i], &end, 10);
+      if (*end != '\0' || v < 0 || v > 1000000) return false;
+      out = static_cast<int>(v);
+      return true;
+    };
+    if (a == "--json") {
+      as_json = true;
+    } else if (a == "--cuda-graphs") {
+      options.cuda_graphs = true;
+    } else if (a == "--iterations" || a == "--warmup" || a == "--device") {
+      int& target = a == "--iterations" ? iterations : a == "--warmup" ? warmup : options.device;
+      if (!next_int(target)) return usage();
+    } else if (a == "-h" || a == "--help") {
+      usage();
+      return 0;
+    } else if (a.rfind("--", 0) == 0) {
+      return usage();
+    } else {
+      positional.push_back(a);
+    }
+  }
+  if (positional.size() < 2) return usage();
+  try {
+    std::unique_ptr<retina::Detector> detector = retina::Detector::load(positional[0], options);
+    std::vector<Decoded> decoded;
+    std::vector<retina::ImageView> views;
+    for (std::size_t i = 1; i < positional.size(); ++i) decoded.push_back(decode(positional[i], options.max_pixels));
+    for (const Decoded& d : decoded) {
+      views.push_back({d.pixels.get(), d.width, d.height, static_cast<std::size_t>(d.width) * 3, retina::ChannelOrder::kRGB});
+    }
+    const std::vector<retina::Detections> results = detector->detect(views);
+    nlohmann::json out = {{"engine", positional[0]}, {"backend", detector->describe()}, {"images", nlohmann::json::array()}};
+    for (std::size_t i = 0; i < results.size(); ++i) {
+      nlohmann::json dets = nlohmann::json::array();
+      for (const retina::Detection& d : results[i].items) {
+        dets.push_back({{"box", d.box}, {"score", d.score}, {"class_id", d.class_id}, {"class_name", d.class_name}});
+      }
+      out["images"].push_back({{"image", positional[i + 1]}, {"detections", dets}});
+    }
+    if (iterations > 0) {
+      for (int i = 0; i < warmup; ++i) detector->detect(views);
+      std::vector<double> ms;
+      for (int i = 0; i < iterations; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        detector->detect(views);
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      const double median = percentile(ms, 0.5);
+      out["latency_ms"] = {{"min", *std::min_element(ms.begin(), ms.end())}, {"median", median},
+                           {"p90", percentile(ms, 0.9)}, {"p99", percentile(ms, 0.99)},
+                           {"iterations", iterations}, {"images_per_call", views.size()}};
+      out["images_per_s"] = 1000.0 * static_cast<double>(views.size()) / median;
+    }
+    if (as_json) {
+      std::cout << out.dump(2) << "\n";
+      return 0;
+    }
+    for (const auto& image : out["images"]) {
+      std::cout << image["image"].get<std::string>() << ": " << image["detections"].size() << " detections\n";
+      for (const auto& d : image["detections"]) std::cout << "  " << d.dump() << "\n";
+    }
+    if (out.contains("latency_ms")) {
+      const auto& l = out["latency_ms"];
+      std::printf("latency ms over %d calls of %zu images: min %.3f median %.3f p90 %.3f p99 %.3f; %.1f images/s\n",
+                  iterations, views.size(), l["min"].get<double>(), l["median"].get<double>(), l["p90"].get<double>(),
+                  l["p99"].get<double>(), out["images_per_s"].get<double>());
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "retina_infer: %s\n", e.what());
+    return 1;
+  }
+}
