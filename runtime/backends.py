@@ -7,6 +7,8 @@ Backend names:
 - ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``: ONNX Runtime with that execution provider (CUDA and
   TensorRT providers fall back to CPU for unsupported nodes, as ONNX Runtime does).
 - ``tensorrt``, ``tensorrt-rtx``: an engine with that flavour (it must match the manifest).
+- ``triton``: a model on a Triton Inference Server, named by a ``triton://host:port/model`` URL
+  (``auto`` picks it for such a URL); see ``triton_backend``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retina_deploy.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIX
 from retina_deploy.errors import ConfigError, ModelFileError
 from retina_deploy.runtime.spec import Backend, ModelSpec
 
@@ -25,8 +28,7 @@ ORT_PROVIDERS = {
     "ort-tensorrt": "TensorrtExecutionProvider",
 }
 ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
-BACKENDS = ("auto", *ORT_PROVIDERS, *ENGINE_BACKENDS)
-ENGINE_SUFFIXES = (".engine", ".plan")
+BACKENDS = ("auto", *ORT_PROVIDERS, *ENGINE_BACKENDS, "triton")
 
 
 class OrtBackend:
@@ -114,10 +116,16 @@ def open_backend(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if str(path).startswith("triton://") or backend == "triton":
+        if backend not in ("auto", "triton") or not str(path).startswith("triton://"):
+            raise ConfigError(f"{path}: a Triton model is a triton://host:port/model URL (backend auto or triton)")
+        from retina_deploy.runtime.triton_backend import open_triton
+
+        return open_triton(str(path))
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"{p}: no such model file")
-    if p.suffix == ".onnx":
+    if p.suffix == ONNX_SUFFIX:
         if backend in ENGINE_BACKENDS:
             raise ConfigError(
                 f"{p}: backend {backend!r} runs engines; build one with `retina-deploy build-engine` "
