@@ -109,8 +109,9 @@ def write_triton_repo(model: Path, out_dir: Path, cfg: TritonRepoConfig | None =
         (staging / "1").mkdir()
         (staging / "1" / source["file_name"]).write_bytes(source["data"])
         (staging / "config.pbtxt").write_text(text, encoding="utf-8")
-        command = f"tritonserver --model-repository={Path(out_dir).resolve()}"
-        (staging / "README.md").write_text(_readme(cfg, source, max_batch, command), encoding="utf-8")
+        repo = Path(out_dir).resolve()
+        command = f"tritonserver --model-repository={repo}"
+        (staging / "README.md").write_text(_readme(cfg, source, max_batch, repo), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
@@ -264,7 +265,7 @@ def _quote(text: str) -> str:
     return f'"{escaped}"'
 
 
-def _readme(cfg: TritonRepoConfig, source: dict[str, Any], max_batch: int, command: str) -> str:
+def _readme(cfg: TritonRepoConfig, source: dict[str, Any], max_batch: int, repo: Path) -> str:
     gpus = "--gpus all " if cfg.kind == "gpu" else ""
     container = (
         f"Use a Triton release whose TensorRT is {source['note']} (NGC's support matrix lists it): an engine only "
@@ -281,9 +282,9 @@ def _readme(cfg: TritonRepoConfig, source: dict[str, Any], max_batch: int, comma
 Start the server on this repository (HTTP 8000, gRPC 8001, metrics 8002):
 
 ```
-{command}
+tritonserver --model-repository={repo}
 # or in NVIDIA's container (YY.MM: the release chosen above):
-docker run {gpus}--rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v {Path(command.split("=", 1)[1])}:/models \\
+docker run {gpus}--rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v {repo}:/models \\
     nvcr.io/nvidia/tritonserver:YY.MM-py3 tritonserver --model-repository=/models
 ```
 

@@ -125,6 +125,7 @@ def run_triton_repo(args) -> int:
         instances=args.instances,
         kind=args.kind,
         queue_delay_us=args.queue_delay_us,
+        overwrite=args.overwrite,
     )
     result = write_triton_repo(Path(args.model), Path(args.out_dir), cfg)
     print(f"wrote {result.config_path} ({result.platform}, max_batch_size {result.max_batch})")
@@ -137,7 +138,7 @@ def add_triton_repo(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(name="triton-repo", help=help_, description=help_, formatter_class=_Formatter)
     p.set_defaults(func=run_triton_repo)
     p.add_argument("model", help=".onnx (onnxruntime_onnx) or .engine built by TensorRT (tensorrt_plan)")
-    p.add_argument("out_dir", help="repository folder (created; the model's folder inside must not exist)")
+    p.add_argument("out_dir", help="repository folder (created if missing; may hold other models)")
     p.add_argument("--name", default="retinanet", help="model name in the repository and in triton:// URLs")
     p.add_argument("--max-batch", type=_positive_int, help="Triton's max_batch_size (default: the model's max)")
     p.add_argument("--instances", type=_positive_int, default=1, help="model instances per GPU (or on the CPU)")
@@ -145,6 +146,7 @@ def add_triton_repo(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--queue-delay-us", type=_int_at_least(0), default=500, help="dynamic batching: longest wait to fill a batch"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace the model's folder if it exists")
     return p
 
 
