@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup clean gpu-check
 
 setup: $(STAMP)
 
@@ -25,5 +25,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Every GPU path in a few minutes, one JSON report (README "GPU check"). It needs no .venv: on a GPU machine it runs
+# with the interpreter that has torch (PYTHON=...), after `pip install --no-deps -e .`. GPU_CHECK_ARGS=--quick etc.
+GPU_CHECK_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_CHECK_PY) -m retina_deploy.gpucheck --out gpu-check-out --overwrite $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out gpu-check-out .pytest_cache
