@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class CheckpointInfo:
     path: Path | None = None
 
     def __post_init__(self) -> None:
+        self.model.check_input_size(self.preprocess.size)
         if len(self.class_names) != self.model.num_classes:
             raise CheckpointError(
                 f"{len(self.class_names)} class names for a model of {self.model.num_classes} classes"
@@ -67,7 +69,13 @@ def save_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(out_dir / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
+        try:
+            save_file(state, str(tmp), metadata={"format": FORMAT})
+        except SafetensorError as e:  # the Rust writer's I/O errors (a full disk) are not OSErrors
+            errno = re.search(r"os error (\d+)", str(e))
+            if errno is None:
+                raise CheckpointError(f"{out_dir / WEIGHTS_NAME}: cannot write ({e})") from e
+            raise OSError(int(errno[1]), os.strerror(int(errno[1])), str(out_dir / WEIGHTS_NAME)) from e
         digest = sha256_file(tmp)
     write_json_atomic(
         out_dir / CONFIG_NAME,
@@ -131,13 +139,18 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise CheckpointError(f"{cfg_path}: unknown key(s) {unknown}")
+    names, extra = raw.get("class_names"), raw.get("extra") or {}
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{cfg_path}: class_names must be a list of strings, got {names!r:.80}")
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{cfg_path}: extra must be a JSON object, got {type(extra).__name__}")
     try:
         return CheckpointInfo(
             model=ModelConfig.from_dict(raw["model"]),
-            class_names=tuple(str(n) for n in raw["class_names"]),
+            class_names=tuple(names),
             preprocess=PreprocessConfig.from_dict(raw["preprocess"]),
             weights_sha256=str(raw["weights_sha256"]),
-            extra=dict(raw.get("extra") or {}),
+            extra=dict(extra),
             path=ckpt_dir,
         )
     except KeyError as e:

@@ -6,6 +6,7 @@ Any RetinaDeployError (bad input) becomes one line on stderr and exit status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,17 @@ def _add(sub, name: str, help_: str, func) -> argparse.ArgumentParser:
     return p
 
 
+def _check_batch_size(value: int) -> None:
+    if value < 1:
+        raise RetinaDeployError(f"--batch-size must be >= 1, got {value}")
+
+
+def _check_device(device: str) -> None:
+    from retina_deploy.predict import check_device
+
+    check_device(device)
+
+
 # -- make-shapes ---------------------------------------------------------------------------------
 
 
@@ -64,12 +76,19 @@ def _add_make_shapes(sub) -> None:
 
 def _convert_weights(args) -> int:
     from retina_deploy.convert import convert_torchvision
+    from retina_deploy.fileio import check_output_dir
     from retina_deploy.runtime.preprocess import PreprocessConfig
 
+    preprocess = PreprocessConfig(size=tuple(args.size))
+    check_output_dir(args.out, inputs=(args.src, args.class_names), flag="OUT", may_replace=args.overwrite)
     names = None
     if args.class_names:
-        names = [line.strip() for line in Path(args.class_names).read_text().splitlines() if line.strip()]
-    out = convert_torchvision(args.src, args.out, class_names=names, preprocess=PreprocessConfig(size=tuple(args.size)))
+        try:
+            text = Path(args.class_names).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise RetinaDeployError(f"--class-names {args.class_names}: not UTF-8 text ({e.reason})") from e
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    out = convert_torchvision(args.src, args.out, class_names=names, preprocess=preprocess, overwrite=args.overwrite)
     print(f"wrote checkpoint {out}")
     return 0
 
@@ -86,6 +105,7 @@ def _add_convert_weights(sub) -> None:
     p.add_argument("out", type=Path, help="checkpoint folder to write")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[768, 1280], help="network input size")
     p.add_argument("--class-names", type=Path, help="text file, one class name per line (default: COCO for 91 classes)")
+    p.add_argument("--overwrite", action="store_true", help="replace the checkpoint in an existing non-empty OUT")
 
 
 # -- eval / predict ------------------------------------------------------------------------------
@@ -104,17 +124,26 @@ def _add_device_flags(p) -> None:
 def _eval(args) -> int:
     from retina_deploy.data.coco import load_coco
     from retina_deploy.evaluate import format_metrics_table
-    from retina_deploy.fileio import write_json_atomic
+    from retina_deploy.fileio import check_output_file, write_json_atomic
     from retina_deploy.predict import evaluate_predictor, load_predictor
 
+    _check_batch_size(args.batch_size)
+    _check_device(args.device)
+    inputs = (args.model, args.images, args.annotations)
+    for flag, out in (("--json", args.json), ("--results", args.results)):
+        if out is not None:
+            check_output_file(out, inputs=inputs, flag=flag)
+    if args.json is not None and args.results is not None and args.json.resolve() == args.results.resolve():
+        raise RetinaDeployError(f"--json and --results name the same file {args.json}")
     predictor = load_predictor(args.model, device=args.device, backend=args.backend)
     coco = load_coco(args.images, args.annotations)
     metrics, results = evaluate_predictor(predictor, coco, batch_size=args.batch_size, progress=_progress_enabled())
-    print(format_metrics_table(metrics))
+    # Files first: a closed stdout (``| head``) must not lose them.
     if args.json:
         write_json_atomic(args.json, {"model": str(args.model), "images": len(coco), "metrics": metrics})
     if args.results:
         write_json_atomic(args.results, results)
+    print(format_metrics_table(metrics))
     return 0
 
 
@@ -130,8 +159,11 @@ def _add_eval(sub) -> None:
 
 
 def _predict(args) -> int:
-    from retina_deploy.predict import load_predictor, predict_files
+    from retina_deploy.predict import check_predict_out, load_predictor, predict_files
 
+    _check_batch_size(args.batch_size)
+    _check_device(args.device)
+    check_predict_out(args.out, (args.model, *args.images), overwrite=args.overwrite)
     predictor = load_predictor(args.model, device=args.device, backend=args.backend)
     records, errors = predict_files(
         predictor,
@@ -140,6 +172,7 @@ def _predict(args) -> int:
         batch_size=args.batch_size,
         draw_score_thresh=args.draw_thresh,
         progress=_progress_enabled(),
+        overwrite=args.overwrite,
     )
     n = sum(len(r.get("detections", [])) for r in records)
     print(f"{len(records) - len(errors)} images, {n} detections -> {args.out / 'detections.json'}")
@@ -155,6 +188,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--draw-thresh", type=float, default=0.3, help="draw boxes scoring at least this")
+    p.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out that is not a previous predict's"
+    )
     _add_device_flags(p)
 
 
@@ -224,17 +260,24 @@ def _build_engine(args) -> int:
     from retina_deploy.calib.int8 import CalibConfig
     from retina_deploy.calib.quantize import Int8Config
     from retina_deploy.export.engine_builder import EngineBuildConfig, build_engine
+    from retina_deploy.fileio import check_output_file
 
     if args.fp16 and args.int8:
         raise RetinaDeployError("choose one of --fp16 and --int8")
+    inputs = (args.onnx, args.calib_annotations, args.val_annotations)
+    check_output_file(args.out, inputs=inputs, flag="OUT")
+    check_output_file(Path(f"{args.out}.json"), inputs=inputs, flag="OUT's manifest")
     int8 = None
     if args.int8:
         if args.calib_images is None:
             raise RetinaDeployError("--int8 needs --calib-images DIR")
+        calib_given = _given(args, method="calib_method", num="calib_num", seed="calib_seed")
+        if args.legacy_precision:  # TensorRT's calibrators: entropy unless minmax is asked for
+            calib_given.setdefault("method", "entropy")
         int8 = Int8Config(
             calib_images=args.calib_images,
             calib_annotations=args.calib_annotations,
-            calib=CalibConfig(**_given(args, method="calib_method", num="calib_num", seed="calib_seed")),
+            calib=CalibConfig(**calib_given),
             cache=args.calib_cache,
             max_map_drop=args.max_map_drop,
             val_images=args.val_images,
@@ -334,27 +377,51 @@ def build_parser() -> argparse.ArgumentParser:
         _add_export_onnx,
         _add_build_engine,
         _add_demo,
+        add_bench,
         add_serve,
         add_triton_repo,
-        add_bench,
     ):
         add(sub)
     return parser
 
 
+def _one_line(message: str) -> str:
+    """The message of an error as one line; an error re-raised from a DataLoader worker carries its
+    worker's traceback, whose last line ("module.Class: message") is the original message."""
+    lines = [line for line in str(message).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    if any(line.startswith("Original Traceback") for line in lines):
+        last = lines[-1]
+        head, sep, rest = last.partition(": ")
+        return rest if sep and "." in head and " " not in head else last
+    return " ".join(line.strip() for line in lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prefix = f"retina-deploy {args.command}"
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler, not at interpreter exit
+        return rc
     except RetinaDeployError as e:
-        print(f"retina-deploy {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        print(f"retina-deploy {args.command}: error: {e.strerror}: {e.filename}", file=sys.stderr)
-        return 1
+        message = _one_line(str(e))
+    except BrokenPipeError:
+        # stdout's reader went away (``| head``); the files were written before printing.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        message = "stdout was closed before the output was printed (broken pipe)"
+    except OSError as e:
+        what = e.strerror or _one_line(str(e)) or type(e).__name__
+        message = f"{what}: {e.filename}" if e.filename else what
+    except MemoryError:
+        message = "out of memory (an input size or count too large for this machine?)"
     except KeyboardInterrupt:
-        print(f"retina-deploy {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    print(f"{prefix}: error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

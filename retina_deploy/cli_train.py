@@ -16,7 +16,13 @@ def run_train(args) -> int:
     from retina_deploy.training.run import train
 
     if args.resume:
-        overrides = {k: getattr(args, k) for k in ("workers", "device") if getattr(args, k) is not None}
+        if args.out is not None and args.out.resolve() != args.resume.resolve():
+            raise RetinaDeployError(
+                f"--out {args.out} differs from --resume {args.resume}; a run continues in its folder"
+            )
+        # Every flag given goes to for_resume, which refuses those that would change the run (never ignored).
+        fields = ("images", "annotations", *train_flag_fields())
+        overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
         cfg = TrainConfig.for_resume(args.resume, **overrides)
     else:
         if args.images is None or args.annotations is None or args.out is None:
@@ -24,7 +30,8 @@ def run_train(args) -> int:
         given = {k: getattr(args, k) for k in train_flag_fields() if getattr(args, k) is not None}
         cfg = TrainConfig(images=args.images, annotations=args.annotations, out=args.out, **given)
     run_dir = train(cfg)
-    print(f"run folder {run_dir}: best/ and last/ checkpoints, metrics.csv")
+    written = [f"{name}/" for name in ("best", "last") if (cfg.out / name / "config.json").is_file()]
+    print(f"run folder {run_dir}: {' and '.join(written) or 'no'} checkpoint(s), metrics.csv")
     return 0
 
 

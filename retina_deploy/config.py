@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from retina_deploy.errors import ConfigError
 from retina_deploy.runtime.preprocess import from_dict_strict
+
+
+def _integer(value: Any) -> int:
+    """``value`` as an int; a bool, a string or a fractional number is refused (ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value:
+        raise ValueError(f"not an integer: {value!r}")
+    return int(value)
+
 
 BACKBONE_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
 # Channels of C3, C4, C5 for basic-block (18/34) and bottleneck (50+) ResNets.
@@ -65,7 +74,23 @@ class ModelConfig:
     detections_per_img: int = 300
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "anchor_sizes", tuple(int(s) for s in self.anchor_sizes))
+        if isinstance(self.anchor_sizes, (str, bytes)) or not hasattr(self.anchor_sizes, "__iter__"):
+            raise ConfigError(f"anchor_sizes must be a list of 5 integers, got {self.anchor_sizes!r}")
+        try:
+            object.__setattr__(self, "anchor_sizes", tuple(_integer(s) for s in self.anchor_sizes))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"anchor_sizes must be a list of 5 integers, got {self.anchor_sizes!r}") from e
+        for name in ("num_classes", "fpn_channels", "topk_candidates", "detections_per_img"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        for name in (
+            "focal_loss_alpha", "focal_loss_gamma", "prior_prob", "fg_iou_thresh", "bg_iou_thresh",
+            "bbox_reg_clamp", "score_thresh", "nms_thresh",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if self.backbone not in BACKBONE_DEPTHS:
             raise ConfigError(f"backbone {self.backbone!r} is not one of {sorted(BACKBONE_DEPTHS)}")
         if self.backbone_norm not in ("frozen_bn", "bn"):
@@ -88,8 +113,36 @@ class ModelConfig:
             raise ConfigError(f"prior_prob must be in (0, 1), got {self.prior_prob}")
         if self.topk_candidates < 1 or self.detections_per_img < 1:
             raise ConfigError("topk_candidates and detections_per_img must be >= 1")
+        if any(s < 1 for s in self.anchor_sizes):
+            raise ConfigError(f"anchor_sizes must be >= 1 pixel, got {list(self.anchor_sizes)}")
+        if self.fpn_channels < 1:
+            raise ConfigError(f"fpn_channels must be >= 1, got {self.fpn_channels}")
+        if not 0.0 <= self.score_thresh < 1.0:
+            raise ConfigError(f"score_thresh must be in [0, 1), got {self.score_thresh}")
+        if not 0.0 <= self.nms_thresh <= 1.0:
+            raise ConfigError(f"nms_thresh must be in [0, 1], got {self.nms_thresh}")
+        if not 0.0 <= self.focal_loss_alpha <= 1.0 or self.focal_loss_gamma < 0:
+            raise ConfigError(
+                f"need focal_loss_alpha in [0, 1] and focal_loss_gamma >= 0, got {self.focal_loss_alpha},"
+                f" {self.focal_loss_gamma}"
+            )
+        if self.bbox_reg_clamp <= 0:
+            raise ConfigError(f"bbox_reg_clamp must be > 0, got {self.bbox_reg_clamp}")
         if self.head_norm == "groupnorm" and self.fpn_channels % 32:
             raise ConfigError(f"groupnorm needs fpn_channels divisible by 32, got {self.fpn_channels}")
+
+    def check_input_size(self, size: tuple[int, int]) -> None:
+        """ConfigError when the model cannot run at input ``size`` (H, W).
+
+        GroupNorm(32) normalises each group over its channels and pixels; P7 (stride 128) of a 128x128
+        input is one pixel, so with 32 channels a group holds one value, which GroupNorm refuses.
+        """
+        h, w = (int(v) for v in size)
+        if self.head_norm == "groupnorm" and (self.fpn_channels // 32) * (h // 128) * (w // 128) < 2:
+            raise ConfigError(
+                f"head_norm groupnorm with fpn_channels {self.fpn_channels} cannot run at {h}x{w}: P7 is"
+                f" {h // 128}x{w // 128}, one value per GroupNorm group; use fpn_channels >= 64 or a larger input"
+            )
 
     @property
     def num_anchors_per_location(self) -> int:

@@ -15,6 +15,7 @@ import torch
 from retina_deploy.checkpoint import load_state_dict_strict, read_state_dict, save_checkpoint
 from retina_deploy.config import ModelConfig
 from retina_deploy.errors import CheckpointError
+from retina_deploy.fileio import check_output_dir
 from retina_deploy.model import build_model
 from retina_deploy.runtime.preprocess import PreprocessConfig
 
@@ -91,8 +92,13 @@ def convert_torchvision(
     *,
     class_names: list[str] | None = None,
     preprocess: PreprocessConfig | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Convert a torchvision RetinaNet weights file (``.pth`` or ``.safetensors``) into a checkpoint folder."""
+    """Convert a torchvision RetinaNet weights file (``.pth`` or ``.safetensors``) into a checkpoint folder.
+
+    ``out_dir`` must be absent or empty (``overwrite``: replace the checkpoint in it), and never hold ``src``.
+    """
+    check_output_dir(out_dir, inputs=(src,), flag="OUT", may_replace=overwrite)
     state = upgrade_torchvision_keys(read_state_dict(src))
     try:
         cfg = infer_model_config(state)

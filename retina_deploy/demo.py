@@ -6,6 +6,7 @@ file through the runtime -> predict pictures. Writes ``summary.json`` with every
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
@@ -15,15 +16,32 @@ from retina_deploy.errors import ConfigError
 from retina_deploy.fileio import write_json_atomic
 
 SUMMARY = "summary.json"
+MARKER = ".retina-deploy-demo"  # written first: marks a folder this command created and may replace
+
+
+def _check_args(minutes: float, backbone: str, size: int) -> None:
+    """ConfigError for a bad argument, before anything is written or deleted."""
+    from retina_deploy.config import BACKBONE_DEPTHS
+    from retina_deploy.runtime.preprocess import check_input_size
+
+    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--minutes must be a number > 0, got {minutes!r}")
+    if backbone not in BACKBONE_DEPTHS:
+        raise ConfigError(f"--backbone {backbone!r} is not one of {sorted(BACKBONE_DEPTHS)}")
+    check_input_size(size, size)
 
 
 def _prepare_out(out: Path) -> None:
-    """Reuse a previous demo's folder; refuse to write into any other non-empty folder."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / SUMMARY).exists() and not (out / "data").exists():
-            raise ConfigError(f"{out} is not empty and not a previous demo's folder; choose another --out")
+    """Replace a previous demo's folder (it holds the marker); refuse any other non-empty folder or a file."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        earlier = (out / SUMMARY).is_file() and (out / "run" / "config.json").is_file()  # before the marker
+        if not ((out / MARKER).is_file() or earlier):
+            raise ConfigError(f"--out {out} is not empty and not a previous demo's folder; choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `retina-deploy demo`; the next demo run may replace this folder\n")
 
 
 def run_demo(
@@ -47,6 +65,7 @@ def run_demo(
     from retina_deploy.training.run import train
 
     out = Path(out)
+    _check_args(minutes, backbone, size)
     _prepare_out(out)
     summary: dict[str, Any] = {"backbone": backbone, "size": size, "train_minutes": minutes}
     t0 = time.perf_counter()

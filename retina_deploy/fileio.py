@@ -6,10 +6,12 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+_TMP_SUFFIX = ".tmp"
 
 
 @contextlib.contextmanager
@@ -17,20 +19,72 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; rename it onto ``path`` only on success.
 
     The temporary file lives next to the target so the final ``os.replace`` is atomic (same
-    filesystem). On any exception the temporary file is removed and the target is untouched.
+    filesystem). It is created with the mode an ordinary ``open`` would give (0666 less the umask),
+    so a replaced file is as readable as any other output. On any exception the temporary file is
+    removed and the target is untouched; an OSError (a full disk, say) is raised again naming
+    ``path``, never the temporary name. Temporary files of ``path`` left by a killed process are
+    removed first (their name carries the writer's pid).
     """
     path = Path(path)
-    if path.parent and not path.parent.exists():
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+        _remove_stale_temporaries(path)
+        tmp_path = _create_temporary(path)
+    except OSError as e:
+        raise _naming(e, path) from e
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:
+        raise _naming(e, path) from e
     finally:
-        if tmp_path.exists():
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+
+
+def _create_temporary(path: Path) -> Path:
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.<pid>.<hex>.tmp`` siblings whose writer process no longer exists."""
+    prefix = f".{path.name}."
+    try:
+        siblings = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in siblings:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
+            continue
+        pid, _, rest = name[len(prefix) : -len(_TMP_SUFFIX)].partition(".")
+        if not (pid.isdigit() and len(rest) == 8) or _process_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to another user
+        return True
+    return True
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """The same kind of OSError (ENOSPC, EACCES, ...) naming the user's ``path``."""
+    if e.errno is None:
+        return e
+    return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -49,3 +103,61 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _is_checkpoint_dir(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def check_output_file(
+    out: str | os.PathLike, *, inputs: tuple[str | os.PathLike | None, ...] = (), flag: str = "OUT"
+) -> Path:
+    """Refuse an output file that is one of ``inputs``, lies in an input folder, is a folder, or is a checkpoint's file.
+
+    Called before anything is written; raises ConfigError naming ``flag`` and the path. Returns ``out``.
+    """
+    from retina_deploy.errors import ConfigError
+
+    out = Path(out)
+    target = out.resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if target == source or (source.is_dir() and _is_within(target, source) and target.exists()):
+            raise ConfigError(f"{flag} {out} would overwrite the input {given}; choose another path")
+    if out.is_dir():
+        raise ConfigError(f"{flag} {out} is a folder; give a file name")
+    if target.exists() and _is_checkpoint_dir(target.parent):
+        raise ConfigError(f"{flag} {out} is a file of the checkpoint {out.parent}; choose another path")
+    return out
+
+
+def check_output_dir(
+    out: str | os.PathLike,
+    *,
+    inputs: tuple[str | os.PathLike | None, ...] = (),
+    flag: str = "--out",
+    may_replace: bool = False,
+) -> Path:
+    """Refuse an output folder that is a file, holds (or is) an input, or is non-empty without ``may_replace``.
+
+    ``may_replace`` is the command's ``--overwrite`` or its own test that the folder is its earlier
+    output. Called before anything is written; raises ConfigError naming ``flag``. Returns ``out``.
+    """
+    from retina_deploy.errors import ConfigError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {out} exists and is not a folder")
+    target = out.resolve()
+    for given in inputs:
+        if given is not None and _is_within(Path(given).resolve(), target):
+            raise ConfigError(f"{flag} {out} holds the input {given}; choose another folder")
+    if out.is_dir() and not may_replace and any(out.iterdir()):
+        raise ConfigError(f"{flag} {out} is not empty; choose another folder (or --overwrite where offered)")
+    return out

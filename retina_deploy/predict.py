@@ -38,8 +38,14 @@ class TorchPredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> TorchPredictor:
-        from retina_deploy.checkpoint import load_checkpoint
+        import torch
 
+        from retina_deploy.checkpoint import load_checkpoint
+        from retina_deploy.errors import ConfigError
+
+        gpu = check_device(device)
+        if gpu is not None and not (torch.cuda.is_available() and gpu < torch.cuda.device_count()):
+            raise ConfigError(f"device {device!r}: no such CUDA device here (checkpoints run on cpu or a CUDA GPU)")
         model, info = load_checkpoint(path, map_location=device)
         return cls(model, info.class_names, info.preprocess, device)
 
@@ -86,21 +92,23 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu", backend: str
     backend: for ``.onnx`` / ``.engine`` files, a ``Detector.load`` backend name overriding the choice
         made from ``device`` (e.g. "ort-tensorrt", "tensorrt-rtx").
     """
+    gpu = check_device(device)
     kind = model_kind(path)
     if kind == "checkpoint":
         return TorchPredictor.from_checkpoint(path, device)
     from retina_deploy.runtime.detector import Detector
 
-    gpu = _gpu_index(device)
     if backend == "auto" and kind == "onnx":
         backend = "ort-cpu" if gpu is None else "ort-cuda"
     return Detector.load(path, backend=backend, device=gpu or 0)
 
 
-def _gpu_index(device: str) -> int | None:
+def check_device(device: str) -> int | None:
     """None for "cpu", N for "cuda:N" (0 for "cuda"); ConfigError otherwise."""
     from retina_deploy.errors import ConfigError
 
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
     if device == "cpu":
         return None
     if device == "cuda":
@@ -112,6 +120,10 @@ def _gpu_index(device: str) -> int | None:
 
 
 def _batches(items: Sequence, size: int):
+    from retina_deploy.errors import ConfigError
+
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"batch size must be an integer >= 1, got {size!r}")
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -123,22 +135,47 @@ def evaluate_predictor(predictor: Predictor, coco, *, batch_size: int = 8, progr
     backend is scored by the same code.
     """
     from retina_deploy.evaluate import coco_evaluate, to_coco_results
-    from retina_deploy.runtime.image_io import load_image
 
     if tuple(predictor.class_names) != tuple(coco.class_names):
         raise DatasetError(
-            f"the model's classes {list(predictor.class_names)[:6]} differ from the dataset's {coco.class_names[:6]}"
+            f"the model's classes {list(predictor.class_names)[:6]} differ from those of {coco.annotations_path}"
+            f" {coco.class_names[:6]}"
         )
     detections, image_ids = [], []
     records = coco.records
     bar = _progress(len(records), "eval", progress)
     for chunk in _batches(records, batch_size):
-        detections.extend(predictor.predict([load_image(r.path) for r in chunk]))
+        detections.extend(predictor.predict([_load_record_image(r, coco) for r in chunk]))
         image_ids.extend(r.image_id for r in chunk)
         bar.update(len(chunk))
     bar.close()
     results = to_coco_results(detections, image_ids, coco.label_to_category_id)
     return coco_evaluate(coco.annotations_path, results), results
+
+
+def _load_record_image(record, coco) -> np.ndarray:
+    """The image of a COCO record; a size other than the file's declared one would misplace its boxes."""
+    from retina_deploy.runtime.image_io import load_image
+
+    image = load_image(record.path)
+    if image.shape[:2] != (record.height, record.width):
+        raise DatasetError(
+            f"{record.path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the"
+            f" {record.width}x{record.height} that {coco.annotations_path} gives for image id {record.image_id}"
+        )
+    return image
+
+
+def check_predict_out(
+    out_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, overwrite: bool = False
+) -> Path:
+    """``out_dir`` must be absent, empty, a previous predict's folder (detections.json) or ``overwrite``n,
+    and hold none of ``inputs``; ConfigError otherwise."""
+    from retina_deploy.fileio import check_output_dir
+
+    out_dir = Path(out_dir)
+    previous = (out_dir / "detections.json").is_file()
+    return check_output_dir(out_dir, inputs=tuple(inputs), flag="--out", may_replace=overwrite or previous)
 
 
 def predict_files(
@@ -149,10 +186,12 @@ def predict_files(
     batch_size: int = 8,
     draw_score_thresh: float = 0.3,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> tuple[list[dict], list[str]]:
     """Predict on image files; write ``out_dir/detections.json`` and one annotated PNG per image.
 
-    An unreadable image does not stop the others: it is recorded with its error. Returns
+    An unreadable image does not stop the others: it is recorded with its error, in input order.
+    ``out_dir`` must be absent, empty or a previous predict's folder unless ``overwrite``. Returns
     (records as written to the JSON, error lines).
     """
     from retina_deploy.errors import ImageError
@@ -160,19 +199,26 @@ def predict_files(
     from retina_deploy.runtime.image_io import load_image
     from retina_deploy.runtime.visualize import draw_detections, save_image_atomic
 
-    out_dir = Path(out_dir)
+    out_dir = check_predict_out(out_dir, image_paths, overwrite=overwrite)
+    chunks = list(_batches(list(image_paths), batch_size))
     out_dir.mkdir(parents=True, exist_ok=True)
     records, errors, used_names = [], [], set()
     bar = _progress(len(image_paths), "predict", progress)
-    for chunk in _batches(list(image_paths), batch_size):
-        loaded = []
+    for chunk in chunks:
+        slots, loaded = [], []
         for path in chunk:
             try:
                 loaded.append((Path(path), load_image(path)))
+                slots.append(None)
             except ImageError as e:
-                records.append({"image": str(path), "error": str(e)})
+                slots.append({"image": str(path), "error": str(e)})
                 errors.append(str(e))
-        for (path, image), dets in zip(loaded, predictor.predict([img for _, img in loaded]), strict=True):
+        done = iter(zip(loaded, predictor.predict([img for _, img in loaded]), strict=True))
+        for slot in slots:
+            if slot is not None:
+                records.append(slot)
+                continue
+            (path, image), dets = next(done)
             drawn = draw_detections(image, dets.boxes, dets.scores, dets.class_names, score_thresh=draw_score_thresh)
             save_image_atomic(drawn, out_dir / _unique_png_name(path, used_names))
             records.append({"image": str(path), "height": image.shape[0], "width": image.shape[1], **dets.to_dict()})

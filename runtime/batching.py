@@ -10,6 +10,8 @@ runs the backend and maps boxes back. The queue is bounded: a full queue rejects
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
 from collections import deque
@@ -36,6 +38,17 @@ class RequestTimeoutError(BatcherError, TimeoutError):
 
 class BatcherClosedError(BatcherError):
     """The batcher is closed: new requests are refused, and with ``close(drain=False)`` pending ones fail."""
+
+
+_MAX_SECONDS = 86400.0
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -68,15 +81,18 @@ class BatchingDetector:
         timeout_s: float | None = 30.0,
     ) -> None:
         limit = detector.max_batch
+        if max_batch is not None and not _is_int(max_batch):
+            raise ConfigError(f"max_batch must be an integer, got {max_batch!r}")
         max_batch = limit if max_batch is None else int(max_batch)
         if not 1 <= max_batch <= limit:
             raise ConfigError(f"max_batch must be in [1, {limit}] (the model's maximum batch), got {max_batch}")
-        if max_delay_ms < 0:
-            raise ConfigError(f"max_delay_ms must be >= 0, got {max_delay_ms}")
-        if max_queue < 1:
-            raise ConfigError(f"max_queue must be >= 1, got {max_queue}")
-        if timeout_s is not None and timeout_s <= 0:
-            raise ConfigError(f"timeout_s must be > 0 or None, got {timeout_s}")
+        # A NaN or infinite delay would spin the worker or overflow its wait; a day is the longest sensible wait.
+        if not (_is_number(max_delay_ms) and 0 <= max_delay_ms <= _MAX_SECONDS * 1000):
+            raise ConfigError(f"max_delay_ms must be a number in [0, {_MAX_SECONDS * 1000:g}], got {max_delay_ms!r}")
+        if not (_is_int(max_queue) and max_queue >= 1):
+            raise ConfigError(f"max_queue must be an integer >= 1, got {max_queue!r}")
+        if timeout_s is not None and not (_is_number(timeout_s) and 0 < timeout_s <= _MAX_SECONDS):
+            raise ConfigError(f"timeout_s must be a number in (0, {_MAX_SECONDS}] or None, got {timeout_s!r}")
         self.detector = detector
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
@@ -119,7 +135,9 @@ class BatchingDetector:
         forever). On timeout the request is dropped if it has not started and RequestTimeoutError is
         raised.
         """
-        timeout = self.timeout_s if timeout_s == "default" else timeout_s
+        timeout = self.timeout_s if isinstance(timeout_s, str) and timeout_s == "default" else timeout_s
+        if timeout is not None and not (_is_number(timeout) and timeout > 0):
+            raise ConfigError(f"timeout_s must be a number > 0, None or 'default', got {timeout_s!r}")
         future = self.submit(image, channel_order=channel_order)
         try:
             return future.result(timeout=timeout)
@@ -137,12 +155,18 @@ class BatchingDetector:
     # ------------------------------------------------------------------ worker
 
     def _work(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                self._fail_pending()  # closed with drain=False: what is left fails, never hangs
-                return
-            self._run(batch)
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                self._run(batch)
+        finally:
+            # Closed with drain=False, or the worker itself failed: refuse new requests and fail what is
+            # left, so that no accepted request waits forever.
+            with self._cond:
+                self._closed = True
+            self._fail_pending()
 
     def _next_batch(self) -> list[_Request] | None:
         """Block until a batch is due; None once closed with nothing left to do."""

@@ -82,6 +82,8 @@ class Detector:
         """
         from retina_deploy.runtime.backends import open_backend
 
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"Detector.load needs a path (str or os.PathLike) to a .onnx or .engine file, got {path!r}")
         opened, spec = open_backend(path, backend, device, cuda_graphs=cuda_graphs, num_threads=num_threads)
         return cls(opened, spec, max_pixels=max_pixels)
 

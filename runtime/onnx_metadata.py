@@ -54,6 +54,12 @@ def check_batch_range(batch: tuple[int, int, int]) -> tuple[int, int, int]:
     return lo, opt, hi
 
 
+def expected_anchors_per_level(size: tuple[int, int]) -> tuple[int, ...]:
+    """9 anchors per location on the P3..P7 grids (strides 8..128) of an input of ``size`` (H, W)."""
+    h, w = size
+    return tuple(9 * (h >> s) * (w >> s) for s in range(3, 8))
+
+
 @dataclass(frozen=True)
 class NmsSettings:
     """Post-processing of an exported file, the same for every ``mode``.
@@ -116,6 +122,12 @@ class OnnxMetadata:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch", check_batch_range(self.batch))
+        expected = expected_anchors_per_level(self.preprocess.size)
+        if tuple(self.anchors_per_level) != expected:
+            raise ConfigError(
+                f"anchors_per_level {list(self.anchors_per_level)} does not fit the input size"
+                f" {list(self.preprocess.size)} (expected {list(expected)})"
+            )
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -4,10 +4,27 @@ An image is resized keeping its aspect ratio so that it fits inside ``size`` (H,
 with ``mean``/``std`` (on the 0-1 scale, RGB order), and placed at the top-left of an H x W canvas
 whose padding is 0 after normalisation. H and W are multiples of 128, the stride of P7, so every
 FPN level has an integer grid. Boxes map back to the original image by dividing by ``scale``.
+
+The definition, which ``runtime/cpp`` implements as well (tests hold the two equal):
+
+* Size: ``scale = min(H / h, W / w)`` in float64; the resized image is ``h' = min(H, max(1, round(h * scale)))``
+  by ``w' = min(W, max(1, round(w * scale)))``, rounding half to even (Python's ``round``). Boxes map back with the
+  unrounded ``scale``.
+* Resize (``resize_bilinear``): Pillow's 1-D BILINEAR filter along the width, then along the height; an axis whose
+  size does not change is not resampled. Along an axis of n input and m output pixels, with r = n / m and
+  f = max(r, 1) (the triangle widens when shrinking, which antialiases): output pixel j is centred at
+  c = (j + 0.5) * r in input coordinates (pixel i covers [i, i + 1)); it reads input pixels i from
+  int(c - f + 0.5) (at least 0) up to int(c + f + 0.5) (at most n, exclusive) with weights
+  max(0, 1 - |(i - c + 0.5) * (1 / f)|), each divided by their sum (float64), then turned to fixed point with
+  22 fraction bits, int(weight * 2**22 + 0.5). A pass computes 2**21 + sum(pixel * weight) in integers,
+  shifts it right by 22 bits and clamps it to 0..255, so each pass (the intermediate image too) is uint8.
+* Normalise in float32: ``(v - 255 * mean) * (1 / (255 * std))`` per RGB channel.
+* Pad: the content sits at the top-left of the H x W canvas, everything else is 0 (after normalisation).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -18,6 +35,7 @@ from PIL import Image
 from retina_deploy.errors import ConfigError, ImageError
 
 SIZE_MULTIPLE = 128  # stride of P7
+MAX_INPUT_SIDE = 8192  # a float32 input of 8192 x 8192 is 0.8 GB per image; larger is a typo, not a model
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -38,14 +56,23 @@ class PreprocessConfig:
     channel_order: str = "rgb"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "size", tuple(int(v) for v in self.size))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        for name, cast in (("size", int), ("mean", float), ("std", float)):
+            value = getattr(self, name)
+            try:
+                if isinstance(value, (str, bytes)) or any(isinstance(v, (str, bytes, bool)) for v in value):
+                    raise TypeError
+                object.__setattr__(self, name, tuple(cast(v) for v in value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} must be a list of numbers, got {value!r}") from None
+        if len(self.size) != 2:
+            raise ConfigError(f"size needs two values (H, W), got {list(self.size)}")
         check_input_size(*self.size)
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ConfigError(f"mean and std need 3 values each, got {self.mean} and {self.std}")
-        if any(s <= 0 for s in self.std):
-            raise ConfigError(f"std values must be > 0, got {self.std}")
+        if not all(math.isfinite(m) for m in self.mean):
+            raise ConfigError(f"mean values must be finite, got {self.mean}")
+        if not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise ConfigError(f"std values must be > 0 and finite, got {self.std}")
         if self.channel_order != "rgb":
             raise ConfigError(f"channel_order must be 'rgb', got {self.channel_order!r}")
 
@@ -68,13 +95,17 @@ def from_dict_strict(cls, d: Mapping[str, Any], what: str):
         raise ConfigError(f"unknown {what} config key(s) {unknown}; known keys: {sorted(known)}")
     try:
         return cls(**d)
-    except TypeError as e:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # a value of the wrong type, e.g. a string compared with a number
         raise ConfigError(f"bad {what} config: {e}") from e
 
 
 def check_input_size(height: int, width: int) -> None:
-    """Raise ConfigError unless both sides are positive multiples of 128, naming the nearest valid sizes."""
+    """Raise ConfigError unless both sides are positive multiples of 128 up to MAX_INPUT_SIDE, naming valid sizes."""
     for name, v in (("height", height), ("width", width)):
+        if v > MAX_INPUT_SIDE:
+            raise ConfigError(f"input {name} {v} exceeds {MAX_INPUT_SIDE} pixels")
         if v < SIZE_MULTIPLE or v % SIZE_MULTIPLE:
             lo = max(SIZE_MULTIPLE, v // SIZE_MULTIPLE * SIZE_MULTIPLE)
             hi = lo + SIZE_MULTIPLE if lo <= v else lo
@@ -87,6 +118,21 @@ def resize_scale(image_hw: tuple[int, int], size: tuple[int, int]) -> float:
     """Scale that fits an image of (h, w) inside ``size`` (H, W) keeping the aspect ratio."""
     h, w = image_hw
     return min(size[0] / h, size[1] / w)
+
+
+def resize_bilinear(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """Resize uint8 [h, w, 3] to [new_h, new_w, 3] as the module docstring defines it.
+
+    Two explicit 1-D passes (width, then height): Pillow 13 runs its two passes height-first on
+    portrait images, which rounds the uint8 intermediate differently (off by 1 in some pixels).
+    """
+    h, w = image.shape[:2]
+    resized = Image.fromarray(image)
+    if new_w != w:
+        resized = resized.resize((new_w, h), Image.BILINEAR)
+    if new_h != h:
+        resized = resized.resize((new_w, new_h), Image.BILINEAR)
+    return np.asarray(resized)
 
 
 def preprocess(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, float]:
@@ -109,7 +155,7 @@ def preprocess(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, fl
     scale = resize_scale((h, w), cfg.size)
     new_h, new_w = min(H, max(1, round(h * scale))), min(W, max(1, round(w * scale)))
     if (new_h, new_w) != (h, w):
-        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        image = resize_bilinear(image, new_h, new_w)
     mean = np.asarray(cfg.mean, np.float32) * 255.0
     inv_std = 1.0 / (np.asarray(cfg.std, np.float32) * 255.0)
     out = np.zeros((3, H, W), np.float32)

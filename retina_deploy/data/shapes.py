@@ -30,6 +30,7 @@ IMAGES_DIRNAME = "images"
 ANNOTATIONS_FILENAME = "annotations.json"
 NEGATIVE_FRACTION = 0.08  # images with no object at all
 MIN_SIZE = 32
+MAX_SIZE = 4096  # one RGB image of 4096 x 4096 is 50 MB in memory; larger is a typo
 OBJECT_EXTENT = (0.08, 0.6)  # shape diameter as a fraction of the image's shorter side
 MIN_VISIBLE = 0.6  # a new shape may not hide more than 40% of an earlier one
 PLACEMENT_TRIES = 10
@@ -69,6 +70,8 @@ def make_shapes(
     try:
         _write_dataset(tmp, num_images=num_images, size=size, seed=seed, max_objects=max_objects)
         _replace_dir(tmp, out_dir)
+    except OSError as e:  # a full disk, say: name the user's folder, not the temporary one
+        raise OSError(e.errno, e.strerror or str(e), str(out_dir)) from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -84,6 +87,8 @@ def _check_args(num_images: int, size: int, seed: int, max_objects: int) -> None
     ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    if size > MAX_SIZE:
+        raise ConfigError(f"size must be <= {MAX_SIZE} pixels, got {size}")
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

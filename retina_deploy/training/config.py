@@ -125,8 +125,16 @@ class TrainConfig:
         """The saved config of ``run_dir`` set to resume it; only RESUME_OVERRIDABLE fields may be overridden."""
         bad = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
         if bad:
-            raise ConfigError(f"cannot change {bad} when resuming; only {list(RESUME_OVERRIDABLE)} may differ")
-        saved = cls.from_dict(run_files.read_run_config(Path(run_dir))["train"])
+            flags = ", ".join("--" + name.replace("_", "-") for name in bad)
+            raise ConfigError(
+                f"--resume {run_dir}: {flags} cannot change a run (its schedule and data are fixed); only"
+                f" {', '.join('--' + n for n in RESUME_OVERRIDABLE)} may be given, or start a new run with --out"
+            )
+        try:
+            saved = cls.from_dict(run_files.read_run_config(Path(run_dir))["train"])
+        except ConfigError as e:
+            message = str(e)
+            raise ConfigError(message if str(run_dir) in message else f"--resume {run_dir}: {message}") from e
         return dataclasses.replace(saved, resume=Path(run_dir), out=Path(run_dir), **overrides)
 
 
@@ -164,7 +172,7 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.resume is not None and cfg.out.resolve() != cfg.resume.resolve():
         raise ConfigError(f"a resumed run continues in its folder: out {cfg.out} must be resume {cfg.resume}")
     PreprocessConfig(size=cfg.size)  # sizes must be multiples of 128
-    cfg.model_config(num_classes=1)  # backbone, norms and box loss names
+    cfg.model_config(num_classes=1).check_input_size(cfg.size)  # GroupNorm needs 2+ values per group at P7
     if not 0.0 <= cfg.hflip <= 1.0:
         raise ConfigError(f"hflip must be a probability in [0, 1], got {cfg.hflip!r}")
     if cfg.scale_jitter is not None and not (

@@ -198,10 +198,20 @@ class _Run:
         log.info("resumed %s at epoch %d, batch %d, iteration %d", self.run_dir, *dataclasses.astuple(self.progress))
 
     def run(self, stop_after_iters: int | None) -> Path:
+        self._build()  # reads the backbone weights: a refused file leaves no run folder behind
+        created = not self.run_dir.exists()
         distributed.run_on_main(self.dist, self._prepare_run_dir)
+        try:
+            self._run_prepared(stop_after_iters)
+        except Exception:
+            if self.cfg.resume is None and self.dist.is_main:
+                run_files.remove_failed_start(self.run_dir, remove_dir=created)
+            raise
+        return self.run_dir
+
+    def _run_prepared(self, stop_after_iters: int | None) -> None:
         detach = run_files.attach_run_log(self.run_dir) if self.dist.is_main else None
         try:
-            self._build()
             if self.cfg.resume is not None:
                 self._restore()
             if self.dist.is_main:
@@ -215,7 +225,6 @@ class _Run:
                 self.metrics.close()
             if detach is not None:
                 detach()
-        return self.run_dir
 
     def _wrap(self) -> torch.nn.Module:
         """The module to train: DDP (SyncBatchNorm for "bn" on CUDA) when distributed, else the model."""

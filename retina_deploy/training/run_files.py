@@ -49,6 +49,19 @@ def check_new_run_dir(out: Path) -> None:
         raise ConfigError(f"--out {out} already holds {what}; use --resume {out} to continue it, or another --out")
 
 
+def remove_failed_start(run_dir: Path, *, remove_dir: bool) -> None:
+    """After a new run failed before its first checkpoint: delete what it wrote, so ``--out`` works again.
+
+    Nothing is removed once a checkpoint or train state exists (the run can then be resumed).
+    """
+    if (run_dir / STATE_NAME).exists() or (run_dir / LAST_NAME).exists() or (run_dir / BEST_NAME).exists():
+        return
+    for name in (CONFIG_NAME, LOG_NAME, METRICS_NAME):
+        (run_dir / name).unlink(missing_ok=True)
+    if remove_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 def write_run_config(run_dir: Path, config: dict[str, Any]) -> None:
     """Create ``run_dir`` and write its ``config.json`` (``config`` holds the RUN_CONFIG_KEYS but format*)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +89,10 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 def save_train_state(run_dir: Path, state: dict[str, Any]) -> None:
     """Write ``train_state.pt`` atomically (temp file + rename)."""
     with atomic_path(run_dir / STATE_NAME) as tmp:
-        torch.save({"format": STATE_FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
+        try:
+            torch.save({"format": STATE_FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
+        except RuntimeError as e:  # torch's writer reports a full disk as a RuntimeError without errno
+            raise CheckpointError(f"{run_dir / STATE_NAME}: cannot write (disk full?): {str(e)[:160]}") from e
 
 
 def load_train_state(run_dir: Path) -> dict[str, Any] | None:
