@@ -89,8 +89,18 @@ def torch_gpu() -> dict[str, Any]:
         "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
         "bf16_supported": bool(torch.cuda.is_bf16_supported()),
-        "nccl": ".".join(map(str, torch.cuda.nccl.version())) if torch.distributed.is_nccl_available() else None,
+        "nccl": _nccl_version(),
     }
+
+
+def _nccl_version() -> str | None:
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_nccl_available():
+        return None
+    version = torch.cuda.nccl.version()
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
 
 
 def cuda_driver_version() -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from retina_deploy.gpucheck.context import CheckContext, require_modules
-from retina_deploy.gpucheck.report import Clock, Disagree, PartRecord, run_step
+from retina_deploy.gpucheck.report import Clock, Disagree, PartRecord, Skip, run_step
 
 AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "none": None}
 
@@ -61,6 +61,8 @@ def measure_steps(ctx: CheckContext, device, backbone: str, size, batch: int, am
     from retina_deploy.training.loop import train_step
 
     plan = ctx.plan
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise Skip("this GPU has no native bfloat16 (amp 'auto' picks fp16 on it)")
     model, optimizer = _model_and_optimizer(backbone, device, fpn_channels=64 if ctx.dry_run else 256)
     opts = _step_options(device, amp)
     images, targets = synthetic_batch(batch, size, device)
@@ -113,8 +115,6 @@ def _ddp_process_group(device, out: Path):
 
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and not dist.is_nccl_available():
-        from retina_deploy.gpucheck.report import Skip
-
         raise Skip("this torch build has no NCCL")
     store = out / "ddp-store"
     store.unlink(missing_ok=True)
