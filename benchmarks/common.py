@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
+
+from retina_deploy.runtime.bench_stats import summarize, time_alternating
 
 
 def paired_medians(fn_a, fn_b, iters: int, warmup: int = 2) -> tuple[float, float]:
-    """Median seconds of ``fn_a`` and ``fn_b``, timed alternately so that load drift hits both alike."""
-    for _ in range(warmup):
-        fn_a(), fn_b()
-    times_a, times_b = [], []
-    for i in range(iters):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b))[:: 1 if i % 2 else -1]:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times_a), statistics.median(times_b)
+    """Median seconds of ``fn_a`` and ``fn_b``, timed alternately so that load drift hits both alike.
+
+    The timing is ``retina-deploy bench``'s own (``runtime.bench_stats``): one timer for every benchmark.
+    """
+    timings = time_alternating([lambda sw: fn_a(), lambda sw: fn_b()], iters, warmup=warmup)
+    return summarize(timings[0].total).median, summarize(timings[1].total).median
 
 
 def random_checkpoint(out_dir: Path, *, backbone: str, size: tuple[int, int], head_norm: str = "none") -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -11,32 +10,6 @@ from pathlib import Path
 from retina_deploy.errors import ConfigError
 
 HELP = "Latency, throughput, phases and fraction of peak of model files (checkpoint, .onnx, .engine)."
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    if text.strip() in ("0", "0.0"):
-        return 0.0
-    return _positive_float(text)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def run_bench_cli(args) -> int:
@@ -47,6 +20,9 @@ def run_bench_cli(args) -> int:
 
     if args.iterations is not None and args.duration_s_given:
         raise ConfigError("give one of --duration-s and --iterations")
+    for flag, out in (("--json", args.json), ("--plot", args.plot)):
+        if out is not None and (out.is_dir() or not out.parent.is_dir()):
+            raise ConfigError(f"{flag} {out}: not a file in an existing folder")
     length = RunLength(
         warmup_s=args.warmup_s,
         duration_s=None if args.iterations is not None else args.duration_s,
@@ -91,12 +67,12 @@ def add_bench(sub) -> argparse.ArgumentParser:
     p = _add(sub, "bench", HELP, run_bench_cli)
     p.set_defaults(duration_s_given=False)
     p.add_argument("models", type=Path, nargs="+", metavar="MODEL", help="checkpoint folder, .onnx or .engine file")
-    p.add_argument("--batch", type=_positive_int, nargs="+", default=[1], help="batch sizes")
-    p.add_argument("--warmup-s", type=_nonnegative_float, default=2.0, help="untimed seconds per model and batch")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
+    p.add_argument("--warmup-s", type=float, default=2.0, help="untimed seconds per model and batch")
     p.add_argument(
-        "--duration-s", type=_positive_float, default=10.0, action=_DurationAction, help="timed seconds per batch"
+        "--duration-s", type=float, default=10.0, action=_DurationAction, help="timed seconds per batch"
     )
-    p.add_argument("--iterations", type=_positive_int, help="timed iterations per batch, instead of --duration-s")
+    p.add_argument("--iterations", type=int, help="timed iterations per batch, instead of --duration-s")
     p.add_argument(
         "--backend",
         nargs="+",
@@ -107,15 +83,15 @@ def add_bench(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument(
-        "--threads", type=_positive_int, help="intra-op threads of ONNX Runtime and PyTorch (default: theirs)"
+        "--threads", type=int, help="intra-op threads of ONNX Runtime and PyTorch (default: theirs)"
     )
     p.add_argument("--images", type=Path, help="folder of JPEG/PNG/BMP images (default: synthetic images)")
-    p.add_argument("--num-images", type=_positive_int, default=16, help="images cycled through")
+    p.add_argument("--num-images", type=int, default=16, help="images cycled through")
     p.add_argument("--torch-compile", action="store_true", help="also run checkpoints through torch.compile")
     p.add_argument("--cuda-graphs", action="store_true", help="engines replay CUDA graphs")
-    p.add_argument("--peak-tflops", type=_positive_float, help="the device's peak (default: datasheet or CPU probe)")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak (default: datasheet or CPU probe)")
     p.add_argument("--no-peak-probe", action="store_true", help="skip the CPU's 1-second matmul peak probe")
-    p.add_argument("--cv-warn-pct", type=_positive_float, default=5.0, help="warn above this latency CV (%%)")
+    p.add_argument("--cv-warn-pct", type=float, default=5.0, help="warn above this latency CV (%%)")
     p.add_argument("--json", type=Path, help="write the report here (schema: README, Benchmarking)")
     p.add_argument("--plot", type=Path, help="write latency and throughput against batch size here (PNG)")
     return p

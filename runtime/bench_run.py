@@ -68,6 +68,9 @@ class DetectorTarget:
         self.precision = _precision_of(self.detector.backend, self.kind)
         self.input_size = tuple(self.detector.preprocess_cfg.size)
         self.batch_range = (self.detector.min_batch, self.detector.max_batch)
+        enable = getattr(self.detector.backend, "enable_phase_timing", None)  # TensorRT: CUDA events
+        if enable is not None:
+            enable()
 
     def step(self, images: Sequence[np.ndarray], sw: Stopwatch) -> None:
         det = self.detector

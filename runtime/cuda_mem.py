@@ -160,3 +160,33 @@ class Stream:
         if self.handle is not None:
             check(self._cudart, self._cudart.cudaStreamDestroy(self.handle), "cudaStreamDestroy")
             self.handle = None
+
+
+class EventTimer:
+    """CUDA events recorded on a stream between the phases of a run: ``mark(0)`` .. ``mark(len(names))``,
+    then, after the stream is synchronized, ``elapsed_s()`` gives {phase name: seconds} of GPU time."""
+
+    def __init__(self, cudart: ModuleType, stream: Stream, names: tuple[str, ...]) -> None:
+        self._cudart, self._stream, self.names = cudart, stream, names
+        self._events: list[Any] = []
+        for _ in range(len(names) + 1):
+            self._events.append(check(cudart, cudart.cudaEventCreate(), "cudaEventCreate"))
+
+    def mark(self, index: int) -> None:
+        check(self._cudart, self._cudart.cudaEventRecord(self._events[index], self._stream.handle), "cudaEventRecord")
+
+    def elapsed_s(self) -> dict[str, float]:
+        out = {}
+        for i, name in enumerate(self.names):
+            ms = check(
+                self._cudart,
+                self._cudart.cudaEventElapsedTime(self._events[i], self._events[i + 1]),
+                "cudaEventElapsedTime",
+            )
+            out[name] = float(ms) / 1e3
+        return out
+
+    def destroy(self) -> None:
+        for event in self._events:
+            self._cudart.cudaEventDestroy(event)
+        self._events = []

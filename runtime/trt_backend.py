@@ -26,6 +26,7 @@ from retina_deploy.errors import ConfigError, ModelFileError
 from retina_deploy.runtime.cuda_mem import (
     CudaError,
     DeviceBuffer,
+    EventTimer,
     NoCudaDeviceError,
     PinnedArray,
     Stream,
@@ -176,6 +177,8 @@ class TrtBackend:
         self._no_graph: set[int] = set()
         self._bindings: list[_Binding] = []
         self._context = self._stream = None
+        self._events: EventTimer | None = None
+        self.last_timings_s: dict[str, float] | None = None
         try:
             self._stream = Stream(self._cudart)
             self._allocate([inp, *outputs])
@@ -249,15 +252,33 @@ class TrtBackend:
                 raise RuntimeError(f"{self.path}: the backend is closed")
             inp, outputs = self._bindings[0], self._bindings[1:]
             inp.host.array[:b] = batch
+            events = self._events
+            if events is not None:
+                events.mark(0)
             self._stream.copy_to_device(inp.device.ptr, inp.host.ptr, inp.host.array[:b].nbytes)
+            if events is not None:
+                events.mark(1)
             self._execute(b)
+            if events is not None:
+                events.mark(2)
             for out in outputs:
                 self._stream.copy_to_host(out.host.ptr, out.device.ptr, out.host.array[:b].nbytes)
+            if events is not None:
+                events.mark(3)
             self._stream.synchronize()
+            if events is not None:
+                self.last_timings_s = events.elapsed_s()
             result = {out.spec.name: out.host.array[:b].copy() for out in outputs}
             if self._manual_graphs and b not in self._graphs and b not in self._no_graph:
                 self._capture(b)
         return result
+
+    def enable_phase_timing(self) -> None:
+        """Record CUDA events around each run's copies and execution; ``last_timings_s`` then holds
+        {"h2d", "compute", "d2h": seconds of GPU time} of the latest run (``retina-deploy bench``)."""
+        with self._lock:
+            if self._events is None and self._stream is not None:
+                self._events = EventTimer(self._cudart, self._stream, ("h2d", "compute", "d2h"))
 
     def _execute(self, b: int) -> None:
         if b in self._graphs:
@@ -309,6 +330,9 @@ class TrtBackend:
                 self._stream.destroy_graph(graph)
             self._graphs.clear()
             self._context = None  # contexts go before the memory they point at
+            if self._events is not None:
+                self._events.destroy()
+                self._events = None
             for binding in self._bindings:
                 binding.host.free()
                 if binding.device is not None:
