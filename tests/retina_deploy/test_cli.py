@@ -9,7 +9,18 @@ from PIL import Image
 
 from retina_deploy.cli import build_parser, main
 
-VERBS = ["make-shapes", "train", "convert-weights", "eval", "predict", "export-onnx", "build-engine", "demo"]
+VERBS = [
+    "make-shapes",
+    "train",
+    "convert-weights",
+    "eval",
+    "predict",
+    "export-onnx",
+    "build-engine",
+    "demo",
+    "serve",
+    "triton-repo",
+]
 
 
 def test_help_for_every_verb_shows_defaults(capsys):
