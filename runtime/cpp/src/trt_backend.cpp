@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 
@@ -214,7 +215,7 @@ class TensorRTBackend : public Backend {
   std::unique_ptr<nvinfer1::IExecutionContext> context_;
   cudaStream_t stream_ = nullptr;
   HostDeviceBuffer input_;
-  std::vector<OutputTensor> outputs_;
+  std::deque<OutputTensor> outputs_;  // deque: buffers never move
   std::map<int, cudaGraphExec_t> graphs_;
 };
 

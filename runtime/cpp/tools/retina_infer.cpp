@@ -96,10 +96,10 @@ int main(int argc, char** argv) {
   }
   if (positional.size() < 2) return usage();
   try {
-    std::unique_ptr<retina::Detector> detector = retina::Detector::load(positional[0], options);
-    std::vector<Decoded> decoded;
+    std::vector<Decoded> decoded;  // images first: a bad path fails before an engine is deserialized
     std::vector<retina::ImageView> views;
     for (std::size_t i = 1; i < positional.size(); ++i) decoded.push_back(decode(positional[i], options.max_pixels));
+    std::unique_ptr<retina::Detector> detector = retina::Detector::load(positional[0], options);
     for (const Decoded& d : decoded) {
       views.push_back({d.pixels.get(), d.width, d.height, static_cast<std::size_t>(d.width) * 3, retina::ChannelOrder::kRGB});
     }
