@@ -24,7 +24,12 @@ from retina_deploy.gpucheck.parts_engine import part_cpp_trt, part_trt_engines
 from retina_deploy.gpucheck.parts_env import part_env
 from retina_deploy.gpucheck.parts_infer import part_infer_compile, part_infer_eager
 from retina_deploy.gpucheck.parts_ort import part_ort_gpu
-from retina_deploy.gpucheck.parts_train import part_train_ddp, part_train_resume, part_train_throughput
+from retina_deploy.gpucheck.parts_train import (
+    part_train_ddp,
+    part_train_detector,
+    part_train_resume,
+    part_train_throughput,
+)
 from retina_deploy.gpucheck.report import (
     Clock,
     PartRecord,
@@ -41,6 +46,7 @@ PARTS: dict[str, Callable[..., None]] = {
     "train.throughput": part_train_throughput,
     "train.ddp": part_train_ddp,
     "train.resume": part_train_resume,
+    "train.detector": part_train_detector,
     "infer.eager": part_infer_eager,
     "ort.gpu": part_ort_gpu,
     "trt.engines": part_trt_engines,

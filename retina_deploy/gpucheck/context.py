@@ -96,6 +96,7 @@ FULL = Plan(
         "train.throughput": 75,
         "train.ddp": 20,
         "train.resume": 45,
+        "train.detector": 45,
         "infer.eager": 40,
         "infer.compile": 130,
         "ort.gpu": 50,
@@ -132,6 +133,7 @@ QUICK = Plan(
         "train.throughput": 30,
         "train.ddp": 10,
         "train.resume": 20,
+        "train.detector": 25,
         "infer.eager": 20,
         "infer.compile": 45,
         "ort.gpu": 25,
@@ -165,6 +167,7 @@ DRY_RUN = Plan(
         "train.throughput": 60,
         "train.ddp": 30,
         "train.resume": 60,
+        "train.detector": 10,
         "infer.eager": 30,
         "infer.compile": 10,
         "ort.gpu": 60,
@@ -232,7 +235,8 @@ class CheckContext:
         return self.artifacts[key]
 
     def checkpoint(self) -> Path:
-        """A random-weights 6-class checkpoint of the engine backbone whose scores spread (made once)."""
+        """The model the ONNX Runtime and TensorRT parts export: the detector ``train.detector`` fitted, or
+        (when that part did not run) a random-weights 80-class one whose scores spread (made once)."""
         if "checkpoint" not in self.artifacts:
             from retina_deploy.gpucheck.models import random_checkpoint
 

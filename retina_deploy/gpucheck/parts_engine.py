@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from retina_deploy.gpucheck.context import CheckContext, require_modules
-from retina_deploy.gpucheck.parity import MIN_MATCHED, identical, match_detections
+from retina_deploy.gpucheck.parity import identical, match_detections, require_parity
 from retina_deploy.gpucheck.parts_ort import TIMED_RUNS, detector_latency, reference_detections
 from retina_deploy.gpucheck.report import Clock, Disagree, PartRecord, Skip, run_step
 
@@ -84,11 +84,7 @@ def run_engine(ctx: CheckContext, flavour: str, precision: str, images) -> dict[
     row["repeatable"] = identical(plain, plain_again)
     if not (row["graphs_equal_plain"] and row["repeatable"]):
         raise Disagree(f"CUDA graphs on/off or repeated runs gave different detections: {row}")
-    if row["matched_fraction"] < MIN_MATCHED[precision]:
-        raise Disagree(
-            f"matched {row['matched']}/{row['compared']} of ONNX Runtime CPU's top detections"
-            f" (< {MIN_MATCHED[precision]:.0%}); max score diff {row['max_score_diff']}"
-        )
+    require_parity(row, precision, f"the {flavour} {precision} engine")
     return row
 
 

@@ -79,10 +79,11 @@ class InferenceBench:
     def __init__(self, ctx: CheckContext) -> None:
         import torch
 
+        self.ctx, self.plan = ctx, ctx.plan
+        self.device = ctx.torch_device()  # Skip before the model imports when there is no GPU
+
         from retina_deploy.gpucheck.models import count_flops, network_core
 
-        self.ctx, self.plan = ctx, ctx.plan
-        self.device = ctx.torch_device()
         self.core = network_core(self.plan.infer_backbone, fpn_channels=self.plan.infer_fpn).to(self.device)
         self.core_half = None
         h, w = self.plan.infer_size

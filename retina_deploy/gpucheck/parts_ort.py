@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from retina_deploy.gpucheck.context import CheckContext, require_modules
-from retina_deploy.gpucheck.parity import MIN_MATCHED, match_detections
-from retina_deploy.gpucheck.report import Clock, Disagree, PartRecord, Skip, run_step
+from retina_deploy.gpucheck.parity import match_detections, require_parity
+from retina_deploy.gpucheck.report import Clock, PartRecord, Skip, run_step
 
 ORT_BACKENDS = {"ort-cuda": "CUDAExecutionProvider", "ort-tensorrt": "TensorrtExecutionProvider"}
 TIMED_RUNS = {"full": 20, "quick": 8, "cpu-dry-run": 2}
@@ -64,11 +64,7 @@ def compare_ort_backend(ctx: CheckContext, path: Path, backend: str, images, ref
         got = detector.detect(images)
         row = {"active_providers": active, **match_detections(ref, got)}
         row.update(detector_latency(detector, images, TIMED_RUNS[ctx.mode]))
-    if row["matched_fraction"] < MIN_MATCHED[precision]:
-        raise Disagree(
-            f"{backend} matched {row['matched']}/{row['compared']} of ONNX Runtime CPU's top detections"
-            f" (< {MIN_MATCHED[precision]:.0%}); max score diff {row['max_score_diff']}"
-        )
+    require_parity(row, precision, backend)
     return row
 
 

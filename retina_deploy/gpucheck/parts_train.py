@@ -237,3 +237,57 @@ def part_train_resume(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
     row = run_step(rec, "resume", lambda: resume_is_exact(ctx, device))
     if row["status"] == "ok":
         rec.summary = f"{row['iters']} it ({row['amp']}), killed after {row['killed_after']}: resumed run identical"
+
+
+def fit_detector(ctx: CheckContext, device, clock: Clock) -> dict[str, Any]:
+    """``train()`` the demo's recipe on the test images until they are detected confidently; the checkpoint
+    (RUN/last) becomes the model the ONNX Runtime and TensorRT parts export."""
+    from retina_deploy.training.config import TrainConfig
+    from retina_deploy.training.run import train
+
+    plan = ctx.plan
+    side = max(plan.engine_size)
+    data = ctx.shapes(side, max(plan.images, plan.calib_num))
+    iters = 300 if ctx.mode == "full" else 150
+    cfg = TrainConfig(
+        images=data / "images",
+        annotations=data / "annotations.json",
+        out=ctx.out / "train-detector",
+        backbone=plan.engine_backbone,
+        backbone_norm="bn",  # from scratch
+        head_norm="groupnorm",
+        fpn_channels=64,
+        anchor_sizes=tuple(side // 16 * 2**i for i in range(5)),
+        size=(side, side),
+        batch_size=8,
+        optimizer="adamw",
+        lr=1e-3,
+        warmup_iters=20,
+        iters=iters,
+        max_minutes=max(0.1, 0.8 * clock.left() / 60),
+        checkpoint_every_iters=iters,
+        workers=min(4, os.cpu_count() or 1),
+        device=device.type,
+    )
+    run_dir = train(cfg)
+    with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "train"]
+    first, last = (float(r["loss_cls"]) + float(r["loss_box"]) for r in (rows[0], rows[-1]))
+    ctx.artifacts["checkpoint"] = run_dir / "last"
+    row = {"iterations": len(rows), "loss_first": round(first, 4), "loss_last": round(last, 4)}
+    row["images_per_s"] = round(sum(float(r["images_per_s"]) for r in rows[1:]) / max(1, len(rows) - 1), 1)
+    if not last < 0.5 * first:
+        raise Disagree(f"training did not fit: loss {first:.3f} -> {last:.3f} in {len(rows)} iterations")
+    return row
+
+
+def part_train_detector(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
+    """A small detector fitted to the test images, so that backend parity compares confident detections."""
+    if ctx.dry_run:
+        raise Skip("not in the CPU dry run: the engine parts use random weights there")
+    require_modules("torch", "torchvision", "tqdm", "safetensors")
+    device = ctx.torch_device()
+    clock.require(10, "fitting the detector")
+    row = run_step(rec, "fit", lambda: fit_detector(ctx, device, clock))
+    if row["status"] == "ok":
+        rec.summary = f"{row['iterations']} it, loss {row['loss_first']} -> {row['loss_last']}"
