@@ -108,10 +108,10 @@ def emulate_fp16_storage(fp32_path: str | os.PathLike, out_path: str | os.PathLi
     """
     from onnx import helper, numpy_helper
 
-    from retina_deploy.calib.graph import tail_node_names
-    from retina_deploy.calib.onnx_io import load_model, save_model
+    from retina_deploy.artifacts import save_onnx
+    from retina_deploy.calib.graph import load_graph, tail_node_names
 
-    model, meta = load_model(fp32_path)
+    model, meta = load_graph(fp32_path)
     model = onnx.shape_inference.infer_shapes(model)
     graph = model.graph
     tail = tail_node_names(graph)
@@ -134,7 +134,7 @@ def emulate_fp16_storage(fp32_path: str | os.PathLike, out_path: str | os.PathLi
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]
-    return save_model(model, meta, "fp16-emulated", out_path)
+    return save_onnx(model, meta, out_path, precision="fp16-emulated")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from retina_deploy.calib.graph import elem_types, tail_node_names
-from retina_deploy.calib.onnx_io import load_model, save_model
+from retina_deploy.artifacts import save_onnx
+from retina_deploy.calib.graph import elem_types, load_graph, tail_node_names
 from retina_deploy.errors import ModelFileError
 
 FP16_MAX = 65504.0
@@ -163,12 +163,12 @@ def write_fp16_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -
     The result keeps the source's metadata with ``precision`` "fp16". Raises ModelFileError for a
     foreign file or one that is not FP32.
     """
-    model, meta = load_model(onnx_path)
+    model, meta = load_graph(onnx_path)
     if meta.precision != "fp32":
         raise ModelFileError(f"{onnx_path}: precision is already {meta.precision}; convert the FP32 export")
     converted, summary = convert_to_fp16(model)
     onnx.checker.check_model(converted, full_check=True)
-    return save_model(converted, meta, "fp16", out_path), summary
+    return save_onnx(converted, meta, out_path, precision="fp16"), summary
 
 
 __all__ = ["Fp16Summary", "convert_to_fp16", "write_fp16_onnx"]

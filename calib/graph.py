@@ -9,11 +9,30 @@ and box coordinates in input pixels keep full precision.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 
 import onnx
 
+from retina_deploy.artifacts import load_onnx_with_metadata
+from retina_deploy.runtime.onnx_metadata import OnnxMetadata
+
 WEIGHTED_OPS = ("Conv",)
+
+
+def load_graph(path: str | os.PathLike) -> tuple[onnx.ModelProto, OnnxMetadata]:
+    """One of our ONNX files and its metadata, every node named (``<op_type>_<index>`` where it had no name):
+    quantization and the precision reports address nodes by name. ModelFileError for a foreign file."""
+    model, meta = load_onnx_with_metadata(path)
+    used = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+    return model, meta
 
 
 def consumers_of(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:

@@ -25,9 +25,9 @@ import onnxruntime
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 
+from retina_deploy.artifacts import load_onnx, save_onnx
 from retina_deploy.calib.cache import METHODS, read_cache, write_cache
-from retina_deploy.calib.graph import WEIGHTED_OPS, tail_node_names
-from retina_deploy.calib.onnx_io import load_model, save_model
+from retina_deploy.calib.graph import WEIGHTED_OPS, load_graph, tail_node_names
 from retina_deploy.calib.sampler import DEFAULT_CALIB_NUM, CalibSet
 from retina_deploy.errors import ConfigError, ModelFileError
 from retina_deploy.fileio import sha256_file
@@ -155,7 +155,7 @@ def quantize_with_ranges(
 
     ``exclude`` names Conv nodes to keep in FP32 (besides the FP32 tail). Atomic write.
     """
-    model, meta = load_model(onnx_path)
+    model, meta = load_graph(onnx_path)
     if meta.precision != "fp32":
         raise ModelFileError(f"{onnx_path}: precision is already {meta.precision}; quantize the FP32 export")
     known = {n.name for n in model.graph.node}
@@ -182,8 +182,8 @@ def quantize_with_ranges(
                 calibrate_method=ranges.calibration_method,
                 extra_options=dict(QDQ_OPTIONS),
             )
-        int8_model, _ = load_model(quantized)  # quantize_static keeps the metadata_props
-    return save_model(int8_model, meta, "int8", out_path)
+        int8_model = load_onnx(quantized)
+    return save_onnx(int8_model, meta, out_path, precision="int8")
 
 
 class _DropAdvice(logging.Filter):

@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retina_deploy.artifacts import read_onnx_metadata
 from retina_deploy.calib.int8 import CalibConfig, activation_ranges, quantize_with_ranges
-from retina_deploy.calib.onnx_io import load_model
 from retina_deploy.calib.sampler import sample_calibration_images
 from retina_deploy.calib.sensitivity import ExcludedLayer, fit_map_drop
 from retina_deploy.errors import ConfigError, ModelFileError
@@ -89,7 +89,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cfg
     images), ImageError (a corrupt image), ConfigError (bad options, a foreign cache file),
     AccuracyTargetError (``max_map_drop`` unreachable).
     """
-    _, meta = load_model(onnx_path)
+    meta = read_onnx_metadata(onnx_path)
     if meta.precision != "fp32":
         raise ModelFileError(f"{onnx_path}: precision is already {meta.precision}; quantize the FP32 export")
     calib_set = sample_calibration_images(

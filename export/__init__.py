@@ -1,9 +1,10 @@
-"""retina_deploy.export: PyTorch -> ONNX with decode and NMS in the graph (needs the ``train`` and ``export`` extras).
+"""retina_deploy.export: PyTorch -> ONNX with decode and NMS in the graph, and ONNX -> TensorRT engines.
 
-- ``onnx_export``: ``ExportConfig`` and ``export_onnx(checkpoint, out, cfg)`` (``retina-deploy export-onnx``).
+- ``onnx_export``: ``ExportConfig`` and ``export_onnx(checkpoint, out, cfg)`` (``retina-deploy export-onnx``;
+  needs the ``train`` and ``export`` extras).
 - ``postprocess``: the export-friendly post-processing modules (per-level TopK, constant anchors,
   NonMaxSuppression / EfficientNMS_TRT / dense outputs).
-- ``metadata``: write and read the file's metadata (``read_onnx_metadata(path)``; onnx only, no torch).
+- ``engine_builder``: ``build_engine(onnx, cfg, out)`` (``retina-deploy build-engine``).
 
-Nothing is imported here, so ``retina_deploy.export.metadata`` loads without torch.
+Reading and writing our ONNX files (metadata included) is ``retina_deploy.artifacts``.
 """

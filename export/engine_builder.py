@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from retina_deploy import __version__
+from retina_deploy.artifacts import PRECISIONS
 from retina_deploy.calib.fp16 import Fp16Summary
 from retina_deploy.calib.quantize import Int8Config, Int8Result
 from retina_deploy.errors import ConfigError, ModelFileError
@@ -38,12 +39,11 @@ from retina_deploy.export.engine_steps import (
     resolve_batch,
     timing_cache_write,
 )
+from retina_deploy.export.legacy_precision import legacy_calibrator_name
 from retina_deploy.export.trt_flavours import FLAVOUR_CHOICES, Flavour, resolve_flavour
 from retina_deploy.fileio import sha256_file, write_bytes_atomic
 from retina_deploy.runtime.manifest import EngineManifest, fields_from_onnx_metadata, write_manifest
 from retina_deploy.runtime.onnx_metadata import OnnxMetadata, check_batch_range
-
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,8 @@ class EngineBuildConfig:
         for name in ("timing_cache", "precision_onnx"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.legacy_precision and self.int8 is not None:
+            legacy_calibrator_name(self.int8.calib.method)  # a method TensorRT's calibrators cannot honour fails here
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able values (recorded in the manifest's ``extra.build_config``)."""
@@ -172,9 +174,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _load_metadata(onnx_path: str | os.PathLike) -> OnnxMetadata:
-    from retina_deploy.calib.onnx_io import load_model
+    from retina_deploy.artifacts import read_onnx_metadata
 
-    _, meta = load_model(onnx_path)
+    meta = read_onnx_metadata(onnx_path)
     return meta
 
 

@@ -10,12 +10,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
+from retina_deploy.artifacts import ENGINE_SUFFIXES, baked_path
 from retina_deploy.calib.fp16 import Fp16Summary, write_fp16_onnx
-from retina_deploy.calib.onnx_io import baked_path
 from retina_deploy.calib.quantize import Int8Result, quantize_int8
 from retina_deploy.errors import ConfigError, ModelFileError
 from retina_deploy.export.engine_precision import (
@@ -29,7 +29,10 @@ from retina_deploy.fileio import sha256_file, write_bytes_atomic
 from retina_deploy.runtime.onnx_metadata import OnnxMetadata
 from retina_deploy.runtime.trt_backend import make_logger
 
-ENGINE_SUFFIXES = (".engine", ".plan")
+if TYPE_CHECKING:  # TensorRT objects are typed by name only: the module may be absent
+    import tensorrt as trt
+
+    from retina_deploy.export.engine_builder import EngineBuildConfig
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,11 @@ class Baked:
 class ParsedNetwork:
     """A parsed network and what must outlive it until the build ends (the parser owns the weights)."""
 
-    builder: Any
-    network: Any
-    parser: Any
-    logger: Any
-    keepalive: list[Any] = field(default_factory=list)
+    builder: trt.Builder
+    network: trt.INetworkDefinition
+    parser: trt.OnnxParser
+    logger: trt.ILogger
+    keepalive: list[object] = field(default_factory=list)  # objects the builder uses without owning
 
 
 def check_output_path(out_path: str | os.PathLike) -> Path:
@@ -95,7 +98,7 @@ def resolve_batch(
     return lo, opt, hi
 
 
-def check_flavour_options(flavour: Flavour, cfg: Any, precision: str) -> None:
+def check_flavour_options(flavour: Flavour, cfg: EngineBuildConfig, precision: str) -> None:
     """Options the installed flavour cannot honour fail before any baking (ConfigError)."""
     if cfg.legacy_precision and not flavour.has_precision_flags:
         raise ConfigError(
@@ -113,7 +116,7 @@ def check_flavour_options(flavour: Flavour, cfg: Any, precision: str) -> None:
         )
 
 
-def bake_precision(src: Path, meta: OnnxMetadata, cfg: Any, out_path: Path, flavour: Flavour) -> Baked:
+def bake_precision(src: Path, meta: OnnxMetadata, cfg: EngineBuildConfig, out_path: Path, flavour: Flavour) -> Baked:
     """Write the FP16 / INT8 ONNX file the engine is built from (or take ``src`` as it is)."""
     requested = cfg.precision or meta.precision
     check_flavour_options(flavour, cfg, requested)
@@ -174,8 +177,8 @@ def check_network(parsed: ParsedNetwork, baked: Baked, *, legacy: bool) -> dict[
 
 
 def configure(
-    flavour: Flavour, parsed: ParsedNetwork, cfg: Any, batch: tuple[int, int, int], baked: Baked
-) -> tuple[Any, list[str]]:
+    flavour: Flavour, parsed: ParsedNetwork, cfg: EngineBuildConfig, batch: tuple[int, int, int], baked: Baked
+) -> tuple[trt.IBuilderConfig, list[str]]:
     """The builder config: profile over ``batch``, workspace, timing cache, DLA, legacy flags. (config, notes)."""
     trt, notes = flavour.trt, []
     config = parsed.builder.create_builder_config()
@@ -202,7 +205,7 @@ def configure(
     return config, notes
 
 
-def _timing_cache_read(flavour: Flavour, config: Any, path: Path | None) -> list[str]:
+def _timing_cache_read(flavour: Flavour, config: trt.IBuilderConfig, path: Path | None) -> list[str]:
     if path is None:
         return []
     if not flavour.has_timing_cache:
@@ -214,7 +217,7 @@ def _timing_cache_read(flavour: Flavour, config: Any, path: Path | None) -> list
     return [f"timing cache {path} {'reused' if data else 'created'}"]
 
 
-def timing_cache_write(config: Any, path: Path) -> None:
+def timing_cache_write(config: trt.IBuilderConfig, path: Path) -> None:
     """Write the (updated) timing cache back, atomically."""
     try:
         write_bytes_atomic(path, bytes(memoryview(config.get_timing_cache().serialize())))
@@ -222,7 +225,7 @@ def timing_cache_write(config: Any, path: Path) -> None:
         raise ModelFileError(f"{path}: cannot write the timing cache ({e.strerror or e})") from e
 
 
-def build_serialized(parsed: ParsedNetwork, config: Any) -> bytes:
+def build_serialized(parsed: ParsedNetwork, config: trt.IBuilderConfig) -> bytes:
     """``build_serialized_network``; EngineBuildError with TensorRT's last errors when it returns None."""
     try:
         serialized = parsed.builder.build_serialized_network(parsed.network, config)

@@ -1,5 +1,9 @@
 """The legacy precision path for TensorRT < 11 (``build-engine --legacy-precision``): builder flags and
-``IInt8EntropyCalibrator2`` on the FP32 ONNX file, with TensorRT's own calibration cache.
+TensorRT's INT8 calibrator on the FP32 ONNX file, with TensorRT's own calibration cache.
+
+The calibration method is honoured: ``entropy`` runs ``IInt8EntropyCalibrator2``, ``minmax``
+``IInt8MinMaxCalibrator``; ``percentile`` has no TensorRT calibrator and is refused (the CLI picks
+``entropy`` when ``--legacy-precision`` is given without ``--calib-method``).
 
 TensorRT 10.x deprecates both (10.1 / 10.12) and 11.x removes them; the default path bakes the
 precision into the ONNX file instead. Implicit INT8 calibration runs the network on the GPU, so this
@@ -14,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,30 +27,55 @@ from retina_deploy.errors import ConfigError
 from retina_deploy.export.trt_flavours import Flavour
 from retina_deploy.fileio import write_bytes_atomic, write_json_atomic
 
+if TYPE_CHECKING:  # TensorRT objects are typed by name only: the module may be absent
+    import tensorrt as trt
+
+    from retina_deploy.export.engine_builder import EngineBuildConfig
+    from retina_deploy.export.engine_steps import Baked, ParsedNetwork
+
+# --calib-method -> TensorRT's calibrator class (TensorRT < 11 only)
+LEGACY_CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
+
 
 def _key_path(cache: Path) -> Path:
     return cache.with_name(cache.name + ".key.json")
 
 
-def make_legacy_calibrator(
-    flavour: Flavour, calib: CalibSet, *, batch: int, cache_path: str | os.PathLike, key: dict[str, Any]
-) -> Any:
-    """An ``IInt8EntropyCalibrator2`` feeding ``calib`` in batches of ``batch`` (a partial last batch is dropped).
+def legacy_calibrator_name(method: str) -> str:
+    """TensorRT's calibrator class for a calibration method; ConfigError for one it does not have."""
+    if method not in LEGACY_CALIBRATORS:
+        raise ConfigError(
+            f"--legacy-precision calibrates with TensorRT's own calibrators: --calib-method "
+            f"{' or '.join(LEGACY_CALIBRATORS)}, not {method!r}"
+        )
+    return LEGACY_CALIBRATORS[method]
 
-    The device buffer is freed by ``calibrator.free()`` (the builder calls nothing of the kind).
+
+def make_legacy_calibrator(
+    flavour: Flavour,
+    calib: CalibSet,
+    *,
+    method: str,
+    batch: int,
+    cache_path: str | os.PathLike,
+    key: dict[str, Any],
+) -> trt.IInt8Calibrator:
+    """TensorRT's calibrator for ``method`` feeding ``calib`` in batches of ``batch`` (a partial last batch is
+    dropped). The device buffer is freed by ``calibrator.free()`` (the builder calls nothing of the kind).
     """
     trt = flavour.trt
     if not flavour.has_calibrator:
         raise ConfigError(f"{flavour.name} {flavour.version} has no INT8 calibrator; drop --legacy-precision")
+    base = getattr(trt, legacy_calibrator_name(method))
     from retina_deploy.runtime.cuda_mem import DeviceBuffer, check, import_cudart
 
     cudart = import_cudart()
     cache = Path(cache_path)
     h, w = calib.preprocess.size
 
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+    class Calibrator(base):
         def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
+            base.__init__(self)
             self._batches = (b for b in calib.batches(batch) if b.shape[0] == batch)
             self._device = DeviceBuffer(cudart, batch * 3 * h * w * 4)
 
@@ -68,18 +97,23 @@ def make_legacy_calibrator(
                     return cache.read_bytes()
             return None
 
-        def write_calibration_cache(self, data: Any) -> None:
+        def write_calibration_cache(self, data: memoryview) -> None:
             write_bytes_atomic(cache, bytes(memoryview(data)))
             write_json_atomic(_key_path(cache), key)
 
         def free(self) -> None:
             self._device.free()
 
-    return EntropyCalibrator()
+    return Calibrator()
 
 
 def apply_legacy_precision(
-    flavour: Flavour, config: Any, precision: str, *, calib_profile: Any = None, calibrator: Any | None = None
+    flavour: Flavour,
+    config: trt.IBuilderConfig,
+    precision: str,
+    *,
+    calib_profile: trt.IOptimizationProfile | None = None,
+    calibrator: trt.IInt8Calibrator | None = None,
 ) -> None:
     """Set the weak-typing flags on a builder config: FP16, or INT8 (+ FP16 fallback) with ``calibrator``.
 
@@ -104,8 +138,14 @@ def apply_legacy_precision(
 
 
 def setup_legacy(
-    flavour: Flavour, parsed: Any, config: Any, cfg: Any, baked: Any, input_name: str, chw: tuple[int, ...]
-) -> list[Any]:
+    flavour: Flavour,
+    parsed: ParsedNetwork,
+    config: trt.IBuilderConfig,
+    cfg: EngineBuildConfig,
+    baked: Baked,
+    input_name: str,
+    chw: tuple[int, ...],
+) -> list[trt.IInt8Calibrator]:
     """Legacy flags on ``config`` (and, for INT8, the calibrator with its own profile); returns what must
     stay alive until the build ends (the calibrator, whose ``free`` releases its device buffer)."""
     if baked.precision != "int8":
@@ -116,6 +156,7 @@ def setup_legacy(
     from retina_deploy.calib.sampler import sample_calibration_images
 
     opts = cfg.int8
+    calibrator_name = legacy_calibrator_name(opts.calib.method)
     calib = sample_calibration_images(
         opts.calib_images,
         baked.meta.preprocess,
@@ -126,11 +167,13 @@ def setup_legacy(
     key = {
         "onnx_sha256": baked.source_sha256,
         "sampler_sha256": calib.sha256,
-        "calibrator": "IInt8EntropyCalibrator2",
+        "calibrator": calibrator_name,
         "tensorrt": flavour.version,
     }
     cache = opts.cache or baked.legacy_cache
-    calibrator = make_legacy_calibrator(flavour, calib, batch=opts.calib.batch, cache_path=cache, key=key)
+    calibrator = make_legacy_calibrator(
+        flavour, calib, method=opts.calib.method, batch=opts.calib.batch, cache_path=cache, key=key
+    )
     shape = (opts.calib.batch, *chw)
     calib_profile = parsed.builder.create_optimization_profile()
     calib_profile.set_shape(input_name, shape, shape, shape)
@@ -138,4 +181,10 @@ def setup_legacy(
     return [calibrator]
 
 
-__all__ = ["apply_legacy_precision", "make_legacy_calibrator", "setup_legacy"]
+__all__ = [
+    "LEGACY_CALIBRATORS",
+    "apply_legacy_precision",
+    "legacy_calibrator_name",
+    "make_legacy_calibrator",
+    "setup_legacy",
+]

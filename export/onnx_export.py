@@ -29,17 +29,17 @@ import torch
 from torch import Tensor, nn
 
 from retina_deploy import __version__
+from retina_deploy.artifacts import save_onnx
 from retina_deploy.checkpoint import CheckpointInfo, load_checkpoint
 from retina_deploy.config import ModelConfig
-from retina_deploy.errors import ConfigError, ModelFileError
-from retina_deploy.export.metadata import write_metadata
+from retina_deploy.errors import ConfigError
 from retina_deploy.export.postprocess import (
     CandidatesPerLevel,
     DenseHead,
     EfficientNmsHead,
     OnnxNmsHead,
 )
-from retina_deploy.fileio import write_bytes_atomic
+from retina_deploy.fileio import check_output_file
 from retina_deploy.model.anchors import anchors_for_grids, grids_for_input
 from retina_deploy.runtime.onnx_metadata import (
     DENSE_OUTPUTS,
@@ -53,7 +53,6 @@ from retina_deploy.runtime.onnx_metadata import (
 from retina_deploy.runtime.preprocess import check_input_size, from_dict_strict
 
 MIN_OPSET, MAX_OPSET = 13, 20  # NonMaxSuppression/TopK need >= 11; the TorchScript exporter stops at 20
-_PROTOBUF_LIMIT = 2**31 - 1
 TENSORRT_MAX_TOPK = 3840  # TensorRT's TopK layer takes k <= 3840
 
 
@@ -182,9 +181,11 @@ def export_onnx(
     (raised by ``ExportConfig`` itself), ModelFileError if the graph exceeds protobuf's 2 GB.
     """
     cfg = cfg or ExportConfig()
+    check_output_file(out_path, inputs=(checkpoint_path,), flag="OUT")
     model, info = load_checkpoint(checkpoint_path)
     size = cfg.size or info.preprocess.size
     check_input_size(*size)
+    info.model.check_input_size(size)
     nms = cfg.nms_settings(info.model)
     export_model = ExportModel(model, size, nms).eval()
     onnx_model = trace_to_onnx(export_model, size, cfg.batch, cfg.opset)
@@ -194,16 +195,10 @@ def export_onnx(
         onnx_model = onnxslim.slim(onnx_model)
     fix_output_shapes(onnx_model, export_model, info, nms)
     onnx_model.producer_name, onnx_model.producer_version = "retina-deploy", __version__
-    write_metadata(onnx_model, build_metadata(info, size, cfg, nms, export_model.anchors_per_level))
     onnx.checker.check_model(onnx_model, full_check=True)
-    data = onnx_model.SerializeToString()
-    if len(data) > _PROTOBUF_LIMIT:
-        raise ModelFileError(
-            f"the graph is {len(data) / 2**30:.1f} GiB; ONNX files without external data stop at 2 GiB"
-        )
-    out_path = Path(out_path)
-    write_bytes_atomic(out_path, data)
-    return out_path
+    meta = build_metadata(info, size, cfg, nms, export_model.anchors_per_level)
+    save_onnx(onnx_model, meta, out_path)
+    return Path(out_path)
 
 
 def trace_to_onnx(

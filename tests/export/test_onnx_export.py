@@ -13,10 +13,10 @@ import torch
 from export_helpers import BATCH, SIZE, assert_same_detections, make_checkpoint, noise_images
 
 from retina_deploy import __version__
+from retina_deploy.artifacts import read_onnx_metadata
 from retina_deploy.checkpoint import load_checkpoint, sha256_file
 from retina_deploy.config import ModelConfig
 from retina_deploy.errors import CheckpointError, ConfigError, ModelFileError
-from retina_deploy.export.metadata import load_onnx_metadata, read_onnx_metadata
 from retina_deploy.export.onnx_export import ExportConfig, export_onnx
 from retina_deploy.model import build_model
 from retina_deploy.runtime.onnx_runner import OnnxModel
@@ -119,7 +119,7 @@ def test_file_structure(r18_exports, record_property):
 
 
 def test_metadata(r18_exports, r18_checkpoint):
-    meta = read_onnx_metadata(r18_exports["onnx"])
+    meta = read_onnx_metadata(r18_exports["onnx"]).to_dict()
     assert json.loads(json.dumps(meta)) == meta  # plain JSON values
     assert meta["format"] == "retina-deploy/onnx" and meta["toolkit_version"] == __version__
     assert meta["class_names"] == ["class_0", "class_1", "class_2", "class_3"]
@@ -135,7 +135,7 @@ def test_metadata(r18_exports, r18_checkpoint):
     assert meta["batch"] == dict(zip(("min", "opt", "max"), BATCH, strict=True))
     assert meta["checkpoint_sha256"] == sha256_file(r18_checkpoint / "model.safetensors")
     assert meta["anchors_per_level"] == [16 * 32 * 9, 8 * 16 * 9, 4 * 8 * 9, 2 * 4 * 9, 1 * 2 * 9]
-    assert load_onnx_metadata(r18_exports["none"]).nms.mode == "none"
+    assert read_onnx_metadata(r18_exports["none"]).nms.mode == "none"
 
 
 def test_flags_override_the_checkpoint(r18_checkpoint, tmp_path):
@@ -144,7 +144,7 @@ def test_flags_override_the_checkpoint(r18_checkpoint, tmp_path):
                        topk_per_level=5, opset=19)  # fmt: skip
     path = export_onnx(r18_checkpoint, tmp_path / "sub" / "m.onnx", cfg)
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["m.onnx"]  # no temp file left behind
-    meta = read_onnx_metadata(path)
+    meta = read_onnx_metadata(path).to_dict()
     assert meta["nms"] == {"mode": "onnx", "max_dets": 30, "score_thresh": 0.6, "iou_thresh": 0.4, "topk_per_level": 5}
     assert meta["input_size"] == [128, 128] and meta["opset"] == 19 and meta["batch"]["min"] == 2
     assert onnx.load(path).opset_import[0].version == 19

@@ -229,7 +229,7 @@ def rtx_engine(tmp_path_factory):
     import tensorrt_rtx as trt
     from detector_models import exported
 
-    from retina_deploy.export.metadata import read_onnx_metadata
+    from retina_deploy.artifacts import read_onnx_metadata
     from retina_deploy.runtime.manifest import fields_from_onnx_metadata
 
     onnx_path = exported("none")  # TensorRT-RTX cannot build NonMaxSuppression: host NMS instead
@@ -251,7 +251,7 @@ def rtx_engine(tmp_path_factory):
         flavour="tensorrt-rtx",
         trt_version=trt.__version__,
         onnx_sha256=sha256_file(onnx_path),
-        **fields_from_onnx_metadata(read_onnx_metadata(onnx_path)),
+        **fields_from_onnx_metadata(read_onnx_metadata(onnx_path).to_dict()),
     )
     return path
 
