@@ -13,12 +13,11 @@ from typing import TypedDict
 
 import numpy as np
 import torch
-from PIL import Image
 
 from retina_deploy.data.coco import CocoDataset, ImageRecord
 from retina_deploy.errors import ConfigError, DatasetError
 from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS, load_image
-from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess, resize_scale
+from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess, resize_bilinear, resize_scale
 
 MIN_BOX_SIDE = 1.0  # input pixels; narrower or shorter boxes after augmentation are dropped
 MIN_VISIBLE_FRACTION = 0.25  # a box cut by a random crop is dropped if less than this much of it remains
@@ -157,7 +156,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         scale = resize_scale((h, w), self.cfg.size) * factor
         new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
         if (new_h, new_w) != (h, w):  # same resampling as preprocess()
-            image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+            image = resize_bilinear(image, new_h, new_w)
         crop_h, crop_w = min(new_h, H), min(new_w, W)
         y0 = int(rng.integers(0, new_h - crop_h + 1))
         x0 = int(rng.integers(0, new_w - crop_w + 1))
