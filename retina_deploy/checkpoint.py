@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from retina_deploy import __version__
 from retina_deploy.config import ModelConfig
 from retina_deploy.errors import CheckpointError, RetinaDeployError
 from retina_deploy.fileio import atomic_path, sha256_file, write_json_atomic
+from retina_deploy.model.weights import load_state_dict_strict, read_state_dict
 from retina_deploy.runtime.preprocess import PreprocessConfig
 
 FORMAT = "retina-deploy/checkpoint"
@@ -174,46 +175,3 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     load_state_dict_strict(model, read_state_dict(weights), str(weights))
     model.to(map_location).eval()
     return model, info
-
-
-def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model``; any missing/unexpected key or shape mismatch is a CheckpointError."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: does not match the model ({len(missing)} missing keys, e.g. {missing[:2]};"
-            f" {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
-        )
-    for k, v in state.items():
-        if own[k].shape != v.shape:
-            raise CheckpointError(f"{source}: {k} has shape {list(v.shape)}, the model expects {list(own[k].shape)}")
-    model.load_state_dict(state)
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` file, or of a PyTorch file loaded with ``weights_only=True``.
-
-    A PyTorch file holding ``{"model": state_dict, ...}`` (torchvision's reference training) gives
-    the inner dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for non-torch, truncated or unsafe files
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch weights file ({type(e).__name__}: {str(e)[:120]})"
-        ) from e
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: does not hold a state dict of tensors")
-    return obj

@@ -5,7 +5,6 @@ Keeping torchvision's names makes its RetinaNet state dicts load with at most a 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -96,20 +95,8 @@ def load_backbone_weights(body: ResNetBody, path: str) -> None:
 
     The classifier (``fc.*``) is dropped; any other missing or unexpected key is an error.
     """
-    from retina_deploy.checkpoint import read_state_dict
-    from retina_deploy.errors import CheckpointError
+    from retina_deploy.model.weights import load_state_dict_strict, read_state_dict
 
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
-    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    own = body.state_dict()
-    own_keys = {k for k in own if not k.endswith("num_batches_tracked")}
-    missing, unexpected = sorted(own_keys - set(state)), sorted(set(state) - own_keys)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: not a torchvision ResNet of this depth (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    for k, v in state.items():
-        if own[k].shape != v.shape:
-            raise CheckpointError(f"{path}: {k} has shape {list(v.shape)}, expected {list(own[k].shape)}")
-    with torch.no_grad():
-        body.load_state_dict(state, strict=True)
+    source = f"{path} (a torchvision ResNet of this depth?)"
+    load_state_dict_strict(body, state, source, optional_suffix="num_batches_tracked")

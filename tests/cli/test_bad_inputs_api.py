@@ -139,7 +139,7 @@ PREPROCESS = [
     {"size": "ab"},
     {"size": (131072, 128)},
     {"size": (128,)},
-    {"size": (100, 128)},
+    {"size": (100, 128, 128)},
     {"std": (math.nan, 0.2, 0.2)},
     {"std": (0.0, 0.2, 0.2)},
     {"std": (math.inf, 0.2, 0.2)},
@@ -210,7 +210,7 @@ API_CALLS = {
         "not empty",
     ),
     "make_shapes_huge": (
-        lambda ws: __import__("retina_deploy.data.shapes", fromlist=["x"]).make_shapes(ws / "s", size=100_000),
+        lambda ws: __import__("retina_deploy.data.shapes", fromlist=["x"]).make_shapes(ws / "s", num_images=2, size=100_000),
         "size",
     ),
     "make_shapes_into_data": (
@@ -267,7 +267,7 @@ def _read_evil(ws: Path):
     import os
     import pickle
 
-    from retina_deploy.checkpoint import read_state_dict
+    from retina_deploy.model.weights import read_state_dict
 
     class Evil:
         def __reduce__(self):

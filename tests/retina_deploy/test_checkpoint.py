@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from retina_deploy.checkpoint import load_checkpoint, read_checkpoint_info, read_state_dict, save_checkpoint
+from retina_deploy.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from retina_deploy.config import ModelConfig
 from retina_deploy.errors import CheckpointError
 from retina_deploy.model import build_model
+from retina_deploy.model.weights import read_state_dict
 from retina_deploy.runtime.preprocess import PreprocessConfig
 
 CFG = ModelConfig(backbone="resnet18", num_classes=2, head_norm="groupnorm")

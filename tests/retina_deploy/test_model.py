@@ -188,3 +188,23 @@ def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ConfigError, match="bg_iou_thresh"):
         ModelConfig(fg_iou_thresh=0.3, bg_iou_thresh=0.4)
     assert ModelConfig.from_dict(ModelConfig(backbone="resnet18").to_dict()) == ModelConfig(backbone="resnet18")
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
+def test_backbone_weights_from_a_torchvision_resnet_file(tmp_path, norm):
+    """An ImageNet-style torchvision file loads into the body (fc dropped); a file of another depth is refused."""
+    from torchvision.models import resnet18, resnet34
+
+    from retina_deploy.errors import CheckpointError
+
+    torch.manual_seed(0)
+    resnet = resnet18(weights=None)
+    torch.save(resnet.state_dict(), tmp_path / "r18.pth")
+    model = build_model(ModelConfig(backbone="resnet18", backbone_norm=norm), backbone_weights=str(tmp_path / "r18.pth"))
+    body = model.backbone.body.state_dict()
+    for k, v in resnet.state_dict().items():
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked"):
+            assert torch.equal(body[k], v), k
+    torch.save(resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(CheckpointError, match="r34.pth"):
+        build_model(ModelConfig(backbone="resnet18", backbone_norm=norm), backbone_weights=str(tmp_path / "r34.pth"))
