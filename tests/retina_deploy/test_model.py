@@ -200,11 +200,12 @@ def test_backbone_weights_from_a_torchvision_resnet_file(tmp_path, norm):
     torch.manual_seed(0)
     resnet = resnet18(weights=None)
     torch.save(resnet.state_dict(), tmp_path / "r18.pth")
-    model = build_model(ModelConfig(backbone="resnet18", backbone_norm=norm), backbone_weights=str(tmp_path / "r18.pth"))
+    cfg = ModelConfig(backbone="resnet18", backbone_norm=norm)
+    model = build_model(cfg, backbone_weights=str(tmp_path / "r18.pth"))
     body = model.backbone.body.state_dict()
     for k, v in resnet.state_dict().items():
         if not k.startswith("fc.") and not k.endswith("num_batches_tracked"):
             assert torch.equal(body[k], v), k
     torch.save(resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
     with pytest.raises(CheckpointError, match="r34.pth"):
-        build_model(ModelConfig(backbone="resnet18", backbone_norm=norm), backbone_weights=str(tmp_path / "r34.pth"))
+        build_model(cfg, backbone_weights=str(tmp_path / "r34.pth"))
