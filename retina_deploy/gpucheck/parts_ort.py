@@ -60,7 +60,10 @@ def compare_ort_backend(ctx: CheckContext, path: Path, backend: str, images, ref
     with Detector.load(path, backend=backend) as detector:
         active = detector.backend.model.session.get_providers()
         if ORT_BACKENDS[backend] not in active:
-            raise RuntimeError(f"{ORT_BACKENDS[backend]} did not load (active: {active}); see ONNX Runtime's log")
+            raise Skip(
+                f"{ORT_BACKENDS[backend]} is in this onnxruntime build but did not load (active: {active}):"
+                " its CUDA / TensorRT libraries are missing or of another version; see gpu-check.log"
+            )
         got = detector.detect(images)
         row = {"active_providers": active, **match_detections(ref, got)}
         row.update(detector_latency(detector, images, TIMED_RUNS[ctx.mode]))

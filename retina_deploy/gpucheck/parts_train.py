@@ -8,7 +8,6 @@ synthetic shapes dataset written in the output folder.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -211,7 +210,7 @@ def resume_is_exact(ctx: CheckContext, device) -> dict[str, Any]:
     try:
         whole = train(_train_config(ctx, data, root / "whole", device))
         killed = train(_train_config(ctx, data, root / "resumed", device), stop_after_iters=kill_after)
-        resumed = train(dataclasses.replace(TrainConfig.for_resume(killed, workers=0)))
+        resumed = train(TrainConfig.for_resume(killed, workers=0))
         (state_a, rows_a), (state_b, rows_b) = _final_state(whole), _final_state(resumed)
         row = {"iters": iters, "killed_after": kill_after, "amp": _train_config(ctx, data, root, device).amp}
         row["max_weight_diff"] = _state_diff(state_a, state_b)
@@ -239,6 +238,24 @@ def part_train_resume(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
         rec.summary = f"{row['iters']} it ({row['amp']}), killed after {row['killed_after']}: resumed run identical"
 
 
+def repeat_coco(src: Path, dst: Path, times: int) -> Path:
+    """A COCO file listing every image of ``src`` ``times`` times (new ids, same files): long epochs on few
+    images, so that the run saves a checkpoint every few hundred iterations instead of every other one."""
+    import json
+
+    coco = json.loads(src.read_text(encoding="utf-8"))
+    images, annotations = [], []
+    for k in range(times):
+        offset = k * (1 + max(img["id"] for img in coco["images"]))
+        images += [{**img, "id": img["id"] + offset} for img in coco["images"]]
+        annotations += [
+            {**a, "id": len(annotations) + i + 1, "image_id": a["image_id"] + offset}
+            for i, a in enumerate(coco["annotations"])
+        ]
+    dst.write_text(json.dumps({**coco, "images": images, "annotations": annotations}), encoding="utf-8")
+    return dst
+
+
 def fit_detector(ctx: CheckContext, device, clock: Clock) -> dict[str, Any]:
     """``train()`` the demo's recipe on the test images until they are detected confidently; the checkpoint
     (RUN/last) becomes the model the ONNX Runtime and TensorRT parts export."""
@@ -248,10 +265,11 @@ def fit_detector(ctx: CheckContext, device, clock: Clock) -> dict[str, Any]:
     plan = ctx.plan
     side = max(plan.engine_size)
     data = ctx.shapes(side, max(plan.images, plan.calib_num))
-    iters = 300 if ctx.mode == "full" else 150
+    iters = 600 if ctx.mode == "full" else 300  # or until 80% of the budget: max_minutes ends it first
+    annotations = repeat_coco(data / "annotations.json", ctx.out / "data" / "detector-train.json", 64)
     cfg = TrainConfig(
         images=data / "images",
-        annotations=data / "annotations.json",
+        annotations=annotations,
         out=ctx.out / "train-detector",
         backbone=plan.engine_backbone,
         backbone_norm="bn",  # from scratch
@@ -272,13 +290,17 @@ def fit_detector(ctx: CheckContext, device, clock: Clock) -> dict[str, Any]:
     run_dir = train(cfg)
     with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["kind"] == "train"]
-    first, last = (float(r["loss_cls"]) + float(r["loss_box"]) for r in (rows[0], rows[-1]))
+    losses = [float(r["loss_cls"]) + float(r["loss_box"]) for r in rows]
+    first, last = sum(losses[:5]) / len(losses[:5]), sum(losses[-10:]) / len(losses[-10:])  # means: steps are noisy
     ctx.artifacts["checkpoint"] = run_dir / "last"
     row = {"iterations": len(rows), "loss_first": round(first, 4), "loss_last": round(last, 4)}
     row["images_per_s"] = round(sum(float(r["images_per_s"]) for r in rows[1:]) / max(1, len(rows) - 1), 1)
-    if not last < 0.5 * first:
-        raise Disagree(f"training did not fit: loss {first:.3f} -> {last:.3f} in {len(rows)} iterations")
-    return row
+    if last < 0.5 * first:
+        return row
+    why = f"loss {first:.3f} -> {last:.3f} in {len(rows)} of {iters} iterations"
+    if len(rows) < iters:  # stopped by the time budget: a slow GPU, not a wrong result
+        raise Skip(f"out of time: the detector did not fit in the budget ({why}); parity will compare little")
+    raise Disagree(f"training did not fit the test images: {why}")
 
 
 def part_train_detector(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
