@@ -162,9 +162,12 @@ def report_dict(meta: dict[str, Any], records: list[PartRecord], running: str | 
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    from retina_deploy.fileio import write_json_atomic
+    """Write ``report`` atomically; a figure JSON cannot hold (a path, a numpy scalar) is written as its str."""
+    import json
 
-    write_json_atomic(path, report)
+    from retina_deploy.fileio import write_bytes_atomic
+
+    write_bytes_atomic(path, (json.dumps(report, indent=2, default=str) + "\n").encode())
 
 
 def format_table(records: list[PartRecord]) -> str:

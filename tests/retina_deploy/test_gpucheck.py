@@ -176,3 +176,12 @@ def test_peak_table_and_fraction():
     assert peak_tflops("Orin", "int8", sm_count=16) == 85.0 and peak_tflops("Orin", "int8", sm_count=14) == 54.0
     # 668 GFLOPs (ResNet-101 RetinaNet at 800x1344) in 2 ms = 334 TFLOP/s = 33.8% of an H100's FP16 peak
     assert fraction_of_peak(668e9, 2e-3, "NVIDIA H100 80GB HBM3", "fp16") == (334.0, 0.3376)
+
+
+def test_parts_past_the_deadline_are_skipped_as_out_of_time(tmp_path):
+    done, _ = run_check(tmp_path, "--cpu-dry-run", "--parts", "train", "--max-minutes", "0.001", "--out", "o")
+    assert done.returncode == 0, done.stderr
+    parts = json.loads((tmp_path / "o" / "gpu-check.json").read_text())["parts"]
+    reasons = {name: p["reason"] for name, p in parts.items() if p["status"] == "skipped"}
+    assert set(reasons) == {"train.throughput", "train.ddp", "train.resume", "train.detector"}
+    assert all(r.startswith("out of time") for n, r in reasons.items() if n != "train.detector"), reasons
