@@ -96,18 +96,23 @@ def run_engine(ctx: CheckContext, flavour: str, precision: str, images) -> dict[
     plain, plain_again, latency_plain = _detect_twice(result.engine_path, images, False, runs)
     graph_first, graph_replay, latency_graphs = _detect_twice(result.engine_path, images, True, runs)
     row = {**match_detections(ref, plain), "latency": latency_plain, "latency_cuda_graphs": latency_graphs}
-    row["graphs_equal_plain"] = identical(plain, graph_first) and identical(plain, graph_replay)
-    row["repeatable"] = identical(plain, plain_again)
-    if not (row["graphs_equal_plain"] and row["repeatable"]):
-        raise Disagree(f"CUDA graphs on/off or repeated runs gave different detections: {row}")
+    # Same engine, same kernels: graph replay and a second run must give the confident detections again;
+    # bitwise equality of every detection is recorded, not required (a tactic may accumulate atomically).
+    for name, other in (("graph_replay", graph_replay), ("graph_first_run", graph_first), ("repeat", plain_again)):
+        m = match_detections(plain, other)
+        row[f"{name}_bitwise_equal"] = identical(plain, other)
+        if m["matched"] != m["compared"] or m["max_score_diff"] > 1e-3:
+            raise Disagree(f"{name} differs from the plain run (CUDA graphs off): {m}")
     require_parity(row, precision, f"the {flavour} {precision} engine")
     return row
 
 
 def bench_help() -> str | None:
     """``retina-deploy bench --help`` where this checkout has the verb, else None."""
-    cmd = [sys.executable, "-m", "retina_deploy.cli", "bench", "--help"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    try:
+        done = run_bounded([sys.executable, "-m", "retina_deploy.cli", "bench", "--help"], 60, "bench --help")
+    except Skip:
+        return None
     return done.stdout if done.returncode == 0 else None
 
 
@@ -165,7 +170,7 @@ def part_trt_engines(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
         raise Skip("missing package: tensorrt + cuda-python (or tensorrt-rtx-cu13): pip install tensorrt cuda-python")
     require_modules("onnx", "onnxslim", "onnxruntime", "safetensors", "retina_deploy.export")
     cannot_run = _can_run_engines(ctx)
-    help_text = bench_help()
+    help_text = None if cannot_run else bench_help()
     images = ctx.test_images()
     for flavour in flavours:
         clock.require(30, f"exporting for {flavour}")
