@@ -13,31 +13,12 @@ from pathlib import Path
 
 from retina_deploy import __version__
 from retina_deploy.cli_bench import add_bench
+from retina_deploy.cli_common import HelpFormatter, add_verb, progress_enabled
 from retina_deploy.cli_serve import add_serve, add_triton_repo
 from retina_deploy.cli_train import add_train_arguments, run_train
 from retina_deploy.errors import RetinaDeployError
 
 EPILOG = "Docs: README.md. Every verb takes --help."
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default, except where there is none to show."""
-
-    def _get_help_string(self, action):
-        help_ = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help_:
-            help_ += " (default: %(default)s)"
-        return help_
-
-
-def _progress_enabled() -> bool:
-    return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
-
-
-def _add(sub, name: str, help_: str, func) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter)
-    p.set_defaults(func=func)
-    return p
 
 
 def _check_batch_size(value: int) -> None:
@@ -63,7 +44,7 @@ def _make_shapes(args) -> int:
 
 
 def _add_make_shapes(sub) -> None:
-    p = _add(sub, "make-shapes", "Write a deterministic synthetic detection dataset in COCO format.", _make_shapes)
+    p = add_verb(sub, "make-shapes", "Write a deterministic synthetic detection dataset in COCO format.", _make_shapes)
     p.add_argument("out", type=Path, help="output folder (images/ + annotations.json)")
     p.add_argument("--num-images", type=int, default=200, help="number of images")
     p.add_argument("--size", type=int, default=256, help="longest image side in pixels")
@@ -94,7 +75,7 @@ def _convert_weights(args) -> int:
 
 
 def _add_convert_weights(sub) -> None:
-    p = _add(
+    p = add_verb(
         sub,
         "convert-weights",
         "Convert torchvision RetinaNet weights into a retina-deploy checkpoint.",
@@ -137,7 +118,7 @@ def _eval(args) -> int:
         raise RetinaDeployError(f"--json and --results name the same file {args.json}")
     predictor = load_predictor(args.model, device=args.device, backend=args.backend)
     coco = load_coco(args.images, args.annotations)
-    metrics, results = evaluate_predictor(predictor, coco, batch_size=args.batch_size, progress=_progress_enabled())
+    metrics, results = evaluate_predictor(predictor, coco, batch_size=args.batch_size, progress=progress_enabled())
     # Files first: a closed stdout (``| head``) must not lose them.
     if args.json:
         write_json_atomic(args.json, {"model": str(args.model), "images": len(coco), "metrics": metrics})
@@ -148,7 +129,7 @@ def _eval(args) -> int:
 
 
 def _add_eval(sub) -> None:
-    p = _add(sub, "eval", "COCO box metrics of a model (checkpoint folder, .onnx or .engine) on a dataset.", _eval)
+    p = add_verb(sub, "eval", "COCO box metrics of a model (checkpoint folder, .onnx or .engine) on a dataset.", _eval)
     p.add_argument("model", type=Path, help="checkpoint folder, .onnx or .engine")
     p.add_argument("--images", type=Path, required=True, help="images folder")
     p.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON")
@@ -171,7 +152,7 @@ def _predict(args) -> int:
         args.out,
         batch_size=args.batch_size,
         draw_score_thresh=args.draw_thresh,
-        progress=_progress_enabled(),
+        progress=progress_enabled(),
         overwrite=args.overwrite,
     )
     n = sum(len(r.get("detections", [])) for r in records)
@@ -182,7 +163,7 @@ def _predict(args) -> int:
 
 
 def _add_predict(sub) -> None:
-    p = _add(sub, "predict", "Detect objects in images; write detections.json and annotated PNGs.", _predict)
+    p = add_verb(sub, "predict", "Detect objects in images; write detections.json and annotated PNGs.", _predict)
     p.add_argument("model", type=Path, help="checkpoint folder, .onnx or .engine")
     p.add_argument("images", type=Path, nargs="+", help="JPEG, PNG or BMP files")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -196,7 +177,7 @@ def _add_predict(sub) -> None:
 
 def _add_train(sub) -> None:
     help_ = "Train a RetinaNet on a COCO-format dataset (CPU, one GPU, or torchrun for many)."
-    add_train_arguments(_add(sub, "train", help_, run_train))
+    add_train_arguments(add_verb(sub, "train", help_, run_train))
 
 
 # -- export-onnx ---------------------------------------------------------------------------------
@@ -225,7 +206,7 @@ def _export_onnx(args) -> int:
 
 
 def _add_export_onnx(sub) -> None:
-    p = _add(sub, "export-onnx", "Export a checkpoint to ONNX with decode and NMS inside the graph.", _export_onnx)
+    p = add_verb(sub, "export-onnx", "Export a checkpoint to ONNX with decode and NMS inside the graph.", _export_onnx)
     p.add_argument("checkpoint", type=Path, help="checkpoint folder")
     p.add_argument("out", type=Path, help="ONNX file to write")
     p.add_argument(
@@ -282,7 +263,10 @@ def _build_engine(args) -> int:
             max_map_drop=args.max_map_drop,
             val_images=args.val_images,
             val_annotations=args.val_annotations,
+            form=args.int8_form,
         )
+    if args.int8_form != "tensorrt":
+        return _write_cpu_int8(args, int8)
     cfg = EngineBuildConfig(
         precision="fp16" if args.fp16 else "int8" if args.int8 else None,
         batch=tuple(args.batch) if args.batch else None,
@@ -303,8 +287,24 @@ def _build_engine(args) -> int:
     return 0
 
 
+def _write_cpu_int8(args, int8) -> int:
+    """``--int8-form cpu``: the INT8 ONNX file is the product (TensorRT takes no u8 activations)."""
+    from retina_deploy.calib.quantize import quantize_int8
+
+    if int8 is None:
+        raise RetinaDeployError("--int8-form cpu needs --int8 and --calib-images DIR")
+    if args.out.suffix != ".onnx":
+        raise RetinaDeployError(
+            f"--int8-form cpu writes an ONNX file for ONNX Runtime's CPU kernels, not an engine: give OUT as a .onnx "
+            f"path, got {args.out}"
+        )
+    result = quantize_int8(args.onnx, args.out, int8)
+    print(f"wrote {result.path} (INT8, ONNX Runtime CPU form, {result.images} calibration images); no engine built")
+    return 0
+
+
 def _add_build_engine(sub) -> None:
-    p = _add(
+    p = add_verb(
         sub, "build-engine", "Build a TensorRT or TensorRT-RTX engine (+ manifest) from our ONNX file.", _build_engine
     )
     p.add_argument("onnx", type=Path, help="ONNX file from export-onnx")
@@ -331,6 +331,13 @@ def _add_build_engine(sub) -> None:
     )
     c.add_argument("--calib-cache", type=Path, help="tensor-range cache (default: beside the INT8 ONNX)")
     c.add_argument("--max-map-drop", type=float, help="AP points INT8 may lose; sensitive layers stay FP32")
+    c.add_argument(
+        "--int8-form",
+        choices=["tensorrt", "cpu"],
+        default="tensorrt",
+        help="tensorrt: Q/DQ as TensorRT builds it; cpu: for ONNX Runtime's fast CPU kernels (QLinearConv, u8 x s8),"
+        " written to OUT (.onnx), no engine",
+    )
     c.add_argument("--val-images", type=Path, help="val images for --max-map-drop")
     c.add_argument("--val-annotations", type=Path, help="val COCO JSON for --max-map-drop")
 
@@ -341,13 +348,13 @@ def _add_build_engine(sub) -> None:
 def _demo(args) -> int:
     from retina_deploy.demo import run_demo
 
-    run_demo(args.out, minutes=args.minutes, backbone=args.backbone, size=args.size, progress=_progress_enabled())
+    run_demo(args.out, minutes=args.minutes, backbone=args.backbone, size=args.size, progress=progress_enabled())
     print(f"summary: {args.out / 'summary.json'}; pictures: {args.out / 'predictions'}")
     return 0
 
 
 def _add_demo(sub) -> None:
-    p = _add(
+    p = add_verb(
         sub, "demo", "The whole pipeline on synthetic data: make-shapes, train, eval, export-onnx, predict.", _demo
     )
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (a previous demo's is replaced)")
@@ -364,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="retina-deploy",
         description="RetinaNet from PyTorch training to TensorRT / ONNX Runtime inference.",
         epilog=EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"retina-deploy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

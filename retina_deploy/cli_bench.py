@@ -62,9 +62,9 @@ class _DurationAction(argparse.Action):
 
 def add_bench(sub) -> argparse.ArgumentParser:
     """Register ``bench`` on the CLI's subparsers (the formatter shows each default)."""
-    from retina_deploy.cli import _add
+    from retina_deploy.cli_common import add_verb
 
-    p = _add(sub, "bench", HELP, run_bench_cli)
+    p = add_verb(sub, "bench", HELP, run_bench_cli)
     p.set_defaults(duration_s_given=False)
     p.add_argument("models", type=Path, nargs="+", metavar="MODEL", help="checkpoint folder, .onnx or .engine file")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")

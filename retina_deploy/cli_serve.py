@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from retina_deploy.cli_common import HelpFormatter
 from retina_deploy.errors import RetinaDeployError
 
 TRITON_SCHEME = "triton://"
@@ -89,7 +90,7 @@ def run_serve(args) -> int:
 
 def add_serve(sub) -> argparse.ArgumentParser:
     help_ = "Serve a model over HTTP with dynamic batching, health checks and Prometheus metrics."
-    p = sub.add_parser(name="serve", help=help_, description=help_, formatter_class=_Formatter)
+    p = sub.add_parser(name="serve", help=help_, description=help_, formatter_class=HelpFormatter)
     p.set_defaults(func=run_serve)
     p.add_argument("model", help=".onnx, .engine, or triton://host:port/model")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -135,7 +136,7 @@ def run_triton_repo(args) -> int:
 
 def add_triton_repo(sub) -> argparse.ArgumentParser:
     help_ = "Write a Triton Inference Server model repository for an .onnx or .engine file."
-    p = sub.add_parser(name="triton-repo", help=help_, description=help_, formatter_class=_Formatter)
+    p = sub.add_parser(name="triton-repo", help=help_, description=help_, formatter_class=HelpFormatter)
     p.set_defaults(func=run_triton_repo)
     p.add_argument("model", help=".onnx (onnxruntime_onnx) or .engine built by TensorRT (tensorrt_plan)")
     p.add_argument("out_dir", help="repository folder (created if missing; may hold other models)")
@@ -148,13 +149,3 @@ def add_triton_repo(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace the model's folder if it exists")
     return p
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default (as cli.py's formatter does)."""
-
-    def _get_help_string(self, action):
-        help_ = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help_:
-            help_ += " (default: %(default)s)"
-        return help_
