@@ -223,6 +223,10 @@ async def _detect(request: Request, st: ServerState) -> list[dict[str, Any]]:
     score_threshold, max_detections = query_options(request)
     images = await request_images(request, max_bytes=st.cfg.max_body_bytes, max_images=st.cfg.max_images)
     batcher = st.batcher
+    if len(images) > batcher.max_queue:
+        raise Reject(
+            400, f"{len(images)} images in one request; this server queues at most {batcher.max_queue}", "bad_request"
+        )
     if batcher.queue_length + st.reserved + len(images) > batcher.max_queue:
         raise Reject(503, f"queue is full ({batcher.max_queue} images); retry later", "queue_full", _retry())
     st.reserved += len(images)
@@ -242,6 +246,8 @@ async def _detect(request: Request, st: ServerState) -> list[dict[str, Any]]:
     try:
         dets = await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, submitted)), st.cfg.timeout_s)
     except asyncio.TimeoutError:
+        for f in submitted:
+            f.cancel()  # still queued: never run
         raise Reject(504, f"no result within {st.cfg.timeout_s} s", "timeout") from None
     return [
         {"name": name, **filtered(d, score_threshold, max_detections).to_dict()}
@@ -268,6 +274,11 @@ def _submit_error(name: str, e: BaseException) -> Reject:
 
 async def _not_found(request: Request, exc: HTTPException) -> Response:
     return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return _error(500, f"{type(exc).__name__}: {exc}")
 
 
 class _Metered:
@@ -316,7 +327,7 @@ def create_app(load: Callable[[], Detector], cfg: ServeConfig | None = None) -> 
             Route("/health/ready", _ready, methods=["GET"]),
             Route("/metrics", _metrics, methods=["GET"]),
         ],
-        exception_handlers={404: _not_found, 405: _not_found},
+        exception_handlers={404: _not_found, 405: _not_found, Exception: _server_error},
         lifespan=lifespan,
     )
     app.state.retina = state

@@ -36,12 +36,15 @@ class FakeBackend:
         self.delay_s = delay_s
         self.batch_sizes: list[int] = []
         self.entered = threading.Event()
+        self.fail = False
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(30)
         time.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("backend exploded")
         self.batch_sizes.append(batch.shape[0])
         b = batch.shape[0]
         v = np.rint(batch[:, 0, 0, 0])

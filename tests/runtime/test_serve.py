@@ -233,6 +233,26 @@ def test_overload_gives_fast_503s_and_every_accepted_request_its_answer():
         assert c.post(f"{base}/v1/detect", content=png(7)).json()["results"][0]["detections"] == [expected(7)]
 
 
+def test_500_504_and_requests_larger_than_the_queue():
+    gate = threading.Event()
+    gate.set()
+    det = fake_detector(max_batch=2, gate=gate)
+    with running(_app(lambda: det, max_queue=2, timeout_s=0.5)) as base, httpx.Client(timeout=10) as c:
+        wait_ready(c, base)
+        files = [("i", (f"{i}.png", png(i), "image/png")) for i in range(3)]
+        r = c.post(f"{base}/v1/detect", files=files)
+        assert r.status_code == 400 and "3 images in one request; this server queues at most 2" in r.json()["error"]
+        gate.clear()
+        r = c.post(f"{base}/v1/detect", content=png(1))
+        assert r.status_code == 504 and "no result within 0.5 s" in r.json()["error"]
+        gate.set()
+        det.backend.fail = True
+        r = c.post(f"{base}/v1/detect", content=png(1))
+        assert r.status_code == 500 and r.json()["error"] == "RuntimeError: backend exploded"
+        det.backend.fail = False
+        assert c.post(f"{base}/v1/detect", content=png(8)).json()["results"][0]["detections"] == [expected(8)]
+
+
 def test_config_validation():
     for bad in ({"max_queue": 0}, {"workers": -1}, {"max_delay_ms": float("nan")}, {"max_body_mb": 0}):
         with pytest.raises(ConfigError):
