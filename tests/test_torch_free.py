@@ -21,12 +21,14 @@ def test_block_works():
     assert run_without_torch("import torch").returncode != 0
 
 
-def test_runtime_imports_without_torch():
+def test_runtime_and_calib_import_without_torch():
     code = """
 import importlib, pkgutil
-import retina_deploy, retina_deploy.runtime
-for m in pkgutil.iter_modules(retina_deploy.runtime.__path__):
-    importlib.import_module("retina_deploy.runtime." + m.name)
+import retina_deploy, retina_deploy.runtime, retina_deploy.calib
+for pkg in (retina_deploy.runtime, retina_deploy.calib):
+    for m in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(pkg.__name__ + "." + m.name)
+import retina_deploy.artifacts, retina_deploy.predict
 import retina_deploy.errors, retina_deploy.fileio, retina_deploy.config, retina_deploy.evaluate
 print("ok", "torch" in sys.modules)
 """
