@@ -1,6 +1,6 @@
 """Run any model file on images: checkpoints here (PyTorch), ``.onnx`` / ``.engine`` through the runtime.
 
-``load_predictor(path)`` picks the backend from the path; ``predict_images`` and
+``load_predictor(path)`` picks the backend from the path; ``predict_files`` and
 ``evaluate_predictor`` then work the same for every kind of model file (one code path).
 """
 
@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from retina_deploy.errors import DatasetError, ModelFileError
+from retina_deploy.errors import DatasetError
 from retina_deploy.runtime.detections import Detections, make_detections
 from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
 
@@ -70,20 +70,6 @@ class TorchPredictor:
         ]
 
 
-def model_kind(path: str | os.PathLike) -> str:
-    """ "checkpoint", "onnx" or "engine", from the path; anything else is a ModelFileError."""
-    p = Path(path)
-    if p.suffix == ".onnx":
-        return "onnx"
-    if p.suffix in (".engine", ".plan"):
-        return "engine"
-    if p.is_dir() or p.name in ("model.safetensors", "config.json"):
-        return "checkpoint"
-    if not p.exists():
-        raise ModelFileError(f"{p}: no such model file or checkpoint folder")
-    raise ModelFileError(f"{p}: not a model (expected a checkpoint folder, a .onnx file or a .engine file)")
-
-
 def load_predictor(path: str | os.PathLike, *, device: str = "cpu", backend: str = "auto") -> Predictor:
     """A Predictor for any model file: checkpoints run in PyTorch, ``.onnx`` / ``.engine`` in the runtime's Detector.
 
@@ -93,6 +79,8 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu", backend: str
         made from ``device`` (e.g. "ort-tensorrt", "tensorrt-rtx").
     """
     gpu = check_device(device)
+    from retina_deploy.artifacts import model_kind
+
     kind = model_kind(path)
     if kind == "checkpoint":
         return TorchPredictor.from_checkpoint(path, device)

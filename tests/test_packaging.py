@@ -9,6 +9,7 @@ checkout (``python -c "import retina_deploy.runtime"`` must work there as anywhe
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +25,13 @@ IMPORT = "import retina_deploy.runtime, retina_deploy.calib, retina_deploy.expor
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """The project installed (no dependencies, no download) into a folder of its own."""
-    target = tmp_path_factory.mktemp("site")
+    target, src = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):  # a copy: setuptools writes build/ into the source tree
+        shutil.copy(ROOT / name, src)
+    for name in SOURCES:
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("cpp", "__pycache__"))
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
-           str(ROOT)]  # fmt: skip
+           str(src)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=target)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return target

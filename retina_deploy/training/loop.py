@@ -1,4 +1,6 @@
-"""The loops: one training step and epoch (autocast, clipping, progress, CSV log), prediction and COCO evaluation.
+"""The training loop: one step and one epoch (autocast, clipping, progress bar, CSV log).
+
+Validation scores through ``predict.evaluate_predictor``, the code ``eval`` uses for every model file.
 
 ``run.py`` owns the run (config, schedule, checkpoints, resume); this module only runs batches.
 """
