@@ -124,7 +124,7 @@ def serve_fake_main() -> None:
     from retina_deploy.runtime.serve import ServeConfig, run_server
 
     run_server(
-        lambda: fake_detector(max_batch=4, delay_s=1.0),
+        lambda: fake_detector(max_batch=4, delay_s=2.0),
         ServeConfig(max_batch=4, max_delay_ms=50, max_queue=16, drain_timeout_s=20),
         port=0,
         announce=lambda line: print(line, flush=True),

@@ -285,11 +285,21 @@ def _drain_check(proc: subprocess.Popen, base: str, bodies: list[bytes]) -> list
     threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
     for t in threads:
         t.start()
-    time.sleep(0.4)  # in the batcher: the batch takes >= 1 s
+    with httpx.Client() as c:  # every request is in the server (the /metrics request itself is one more)
+        deadline = time.monotonic() + 30
+        while _metric(c.get(f"{base}/metrics").text, "retina_requests_in_flight") < len(bodies) + 1:
+            assert time.monotonic() < deadline, "the requests never reached the server"
+            time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    with pytest.raises(httpx.TransportError), httpx.Client() as c:
-        c.get(f"{base}/health/live")  # no longer accepting
+    deadline = time.monotonic() + 10
+    while True:  # the listening socket closes: new connections are refused
+        try:
+            with httpx.Client() as c:
+                c.get(f"{base}/health/live")
+        except httpx.TransportError:
+            break
+        assert time.monotonic() < deadline, "still accepting connections 10 s after SIGTERM"
+        time.sleep(0.05)
     for t in threads:
         t.join(30)
     rc = proc.wait(30)
