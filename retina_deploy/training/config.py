@@ -28,8 +28,7 @@ class TrainConfig:
     out: the run folder; must be absent or empty (use ``for_resume`` to continue a run).
     val_images, val_annotations: optional validation set, evaluated (COCO AP) after every epoch.
     backbone, backbone_norm, head_norm, box_loss, fpn_channels, anchor_sizes: the model (see
-        ``ModelConfig``). backbone_norm "frozen_bn" fine-tunes from ImageNet weights; "bn" (trainable
-        BatchNorm, SyncBatchNorm across GPUs) is for training from scratch with per-process batches >= 4.
+        ``ModelConfig``, which says when to choose which; "bn" becomes SyncBatchNorm across GPUs).
     backbone_weights: a local torchvision ImageNet ResNet file (.pth or .safetensors), or None (random).
     size: network input (H, W), multiples of 128.
     batch_size: images per process per step.
