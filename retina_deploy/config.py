@@ -36,8 +36,8 @@ class ModelConfig:
 
     backbone: one of resnet18/34/50/101/152.
     backbone_norm: "frozen_bn" (statistics fixed: fine-tuning from ImageNet weights at the small
-        per-GPU batches detection uses) or "bn" (trainable BatchNorm: training from scratch, at least 4 images per process;
-        the CPU recipe trains at 4).
+        per-GPU batches detection uses) or "bn" (trainable BatchNorm: training from scratch, at least 4
+        images per process; the CPU recipe trains at 4).
         Both export identically: in eval mode BatchNorm is the same affine map as FrozenBatchNorm.
     num_classes: foreground classes C (no background class: sigmoid per class).
     fpn_channels: channels of P3-P7 and of the head convs.
