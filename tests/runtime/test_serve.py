@@ -190,7 +190,7 @@ def test_metrics_counters_move(server):
 
 
 def test_overload_gives_fast_503s_and_every_accepted_request_its_answer():
-    """max_batch 1, max_queue 3, the model held: of 10 simultaneous requests one runs, 3 wait, 6 get 503."""
+    """max_batch 1, max_queue 3, the model held on a first request: of 9 more sent at once, 3 wait, 6 get 503."""
     gate = threading.Event()
     det = fake_detector(max_batch=1, gate=gate)
     gate.set()  # let the warm-up through, then hold every batch
@@ -210,7 +210,9 @@ def test_overload_gives_fast_503s_and_every_accepted_request_its_answer():
             elapsed[v] = time.perf_counter() - start
 
         with ThreadPoolExecutor(n_total) as pool:
-            futures = [pool.submit(post, v) for v in range(100, 100 + n_total)]
+            futures = [pool.submit(post, 100)]
+            assert det.backend.entered.wait(20)  # the first request is in the model, which holds it
+            futures += [pool.submit(post, v) for v in range(101, 100 + n_total)]
             deadline = time.monotonic() + 20
             while sum(r.status_code == 503 for r in answers.values()) < n_total - 4 and time.monotonic() < deadline:
                 time.sleep(0.01)
