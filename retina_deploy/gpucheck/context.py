@@ -29,6 +29,7 @@ PIP_NAMES = {
     "tensorrt_rtx": "tensorrt-rtx-cu13",
     "cuda": "cuda-python",
     "retina_deploy.export": "retina-deploy (pip install --no-deps -e . in the repository)",
+    "retina_deploy.runtime": "retina-deploy (pip install --no-deps -e . in the repository)",
 }
 
 
@@ -208,7 +209,7 @@ class CheckContext:
 
     def torch_device(self):
         """The device the torch parts run on: cuda:0, or the CPU in the dry run; Skip when there is none."""
-        require_modules("torch")
+        require_modules("torch", "retina_deploy.runtime")  # an uninstalled checkout lacks the folder mapping
         import torch
 
         if self.dry_run:
@@ -219,7 +220,7 @@ class CheckContext:
 
     def require_gpu(self) -> None:
         """Skip unless a CUDA GPU is visible to torch (also in the dry run: parts that need a real GPU)."""
-        require_modules("torch")
+        require_modules("torch", "retina_deploy.runtime")
         import torch
 
         if not torch.cuda.is_available():

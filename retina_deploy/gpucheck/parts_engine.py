@@ -160,7 +160,7 @@ def importlib_find(name: str):
 
 def part_trt_engines(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
     """Build, check and run FP32/FP16/INT8 engines for every installed TensorRT flavour."""
-    require_modules("torch")
+    require_modules("torch", "retina_deploy.runtime")
     if not ctx.dry_run:
         ctx.require_gpu()
     from retina_deploy.runtime.trt_backend import installed_flavours

@@ -157,7 +157,8 @@ def part_train_ddp(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
     device = ctx.torch_device()
     clock.require(5, "a DDP step")
     row = run_step(rec, "ddp_step", lambda: ddp_matches_plain(ctx, device))
-    rec.summary = f"{row.get('backend')} step equals the plain step (max diff {row.get('max_param_diff', 0):.2g})"
+    if row["status"] == "ok":
+        rec.summary = f"{row['backend']} step equals the plain step (max parameter diff {row['max_param_diff']:.2g})"
 
 
 def _train_config(ctx: CheckContext, data: Path, out: Path, device):
