@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean gpu-check
+.PHONY: demo test lint setup clean gpu-check cpp-deps cpp-test
 
-setup: $(STAMP)
+setup: $(STAMP) cpp-deps
 
 # torch is installed pinned first: an unpinned resolve would download a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -19,8 +19,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/retina-deploy demo --out demo-out
 
-test: $(STAMP)
+test: $(STAMP) cpp-test
 	$(PY) -m pytest -q --durations=15
+
+# C++ runtime (runtime/cpp): its Debian packages (apt only when one is missing), then its builds and ctest
+# (core and C API under ASan + UBSan, Release with the install test). Outputs in .cpp-build/.
+cpp-deps:
+	runtime/cpp/scripts/install-deps.sh
+
+cpp-test: cpp-deps $(STAMP)
+	VENV=$(VENV) runtime/cpp/scripts/test.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -32,4 +40,4 @@ gpu-check:
 	$(GPU_CHECK_PY) -m retina_deploy.gpucheck --out gpu-check-out --overwrite $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) demo-out gpu-check-out .pytest_cache
+	rm -rf $(VENV) demo-out gpu-check-out .pytest_cache .cpp-build

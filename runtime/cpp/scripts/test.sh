@@ -10,6 +10,7 @@ SRC="$ROOT/runtime/cpp"
 OUT="$ROOT/.cpp-build"
 JOBS=${JOBS:-2}
 VENV=${VENV:-$ROOT/.venv}
+[ -d "$VENV" ] && VENV=$(cd "$VENV" && pwd)
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 mkdir -p "$OUT"

@@ -116,6 +116,9 @@ class CallbackBackend : public retina::Backend {
       }
       retina::TensorView v;
       v.data = t.data;
+      if (t.dtype != RETINA_FLOAT32 && t.dtype != RETINA_INT32) {
+        throw retina::Error(retina::ErrorCode::kBackend, "custom backend returned a tensor of unknown dtype");
+      }
       v.dtype = t.dtype == RETINA_INT32 ? retina::DataType::kInt32 : retina::DataType::kFloat32;
       v.shape.assign(t.shape, t.shape + t.ndim);
       out[t.name] = v;

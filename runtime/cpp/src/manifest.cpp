@@ -3,6 +3,7 @@
 
 #include <openssl/evp.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -72,17 +73,26 @@ PreprocessConfig parse_preprocess(const json& obj, const std::string& what) {
   const json& size = get_array(obj, "size", 2, what);
   for (int i = 0; i < 2; ++i) {
     std::int64_t v = get_int(size[i], "preprocess.size", what);
-    if (v < 128 || v % 128 || v > (1 << 16)) fail(what, "preprocess.size values must be multiples of 128");
+    if (v < 128 || v % 128 || v > 8192) fail(what, "preprocess.size values must be multiples of 128 up to 8192");
     cfg.size[i] = static_cast<int>(v);
   }
-  const json& mean = get_array(obj, "mean", 3, what);
-  const json& std = get_array(obj, "std", 3, what);
-  for (int i = 0; i < 3; ++i) {
-    cfg.mean[i] = static_cast<float>(get_number(mean[i], "preprocess.mean", what));
-    cfg.std[i] = static_cast<float>(get_number(std[i], "preprocess.std", what));
-    if (!(cfg.std[i] > 0.0f)) fail(what, "preprocess.std values must be > 0");
+  // mean, std and channel_order may be absent, as in runtime/preprocess.py (ImageNet statistics, RGB).
+  if (obj.contains("mean")) {
+    const json& mean = get_array(obj, "mean", 3, what);
+    for (int i = 0; i < 3; ++i) cfg.mean[i] = static_cast<float>(get_number(mean[i], "preprocess.mean", what));
   }
-  if (get_string(obj, "channel_order", what) != "rgb") fail(what, "preprocess.channel_order must be 'rgb'");
+  if (obj.contains("std")) {
+    const json& std = get_array(obj, "std", 3, what);
+    for (int i = 0; i < 3; ++i) cfg.std[i] = static_cast<float>(get_number(std[i], "preprocess.std", what));
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (!std::isfinite(cfg.mean[i]) || !std::isfinite(cfg.std[i]) || !(cfg.std[i] > 0.0f)) {
+      fail(what, "preprocess.mean must be finite and preprocess.std finite and > 0");
+    }
+  }
+  if (obj.contains("channel_order") && get_string(obj, "channel_order", what) != "rgb") {
+    fail(what, "preprocess.channel_order must be 'rgb'");
+  }
   return cfg;
 }
 

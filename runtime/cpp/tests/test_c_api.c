@@ -181,7 +181,7 @@ int main(int argc, char** argv) {
   EXPECT_ERROR(retina_detector_detect(det, &bad, 1, &result), RETINA_ERR_IMAGE, "row stride 100 bytes is smaller");
   bad.row_stride = 768, bad.data = NULL;
   EXPECT_ERROR(retina_detector_detect(det, &bad, 1, &result), RETINA_ERR_IMAGE, "null");
-  bad.data = pixels, bad.order = (retina_channel_order)7;
+  bad.data = pixels, bad.order = 7;
   EXPECT_ERROR(retina_detector_detect(det, &bad, 1, &result), RETINA_ERR_IMAGE, "channel order");
   EXPECT_ERROR(retina_detector_detect(det, NULL, 2, &result), RETINA_ERR_INVALID_ARGUMENT, "NULL");
   f.fail = 1;

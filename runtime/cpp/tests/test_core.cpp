@@ -48,6 +48,12 @@ TEST(manifest_missing_or_wrong_typed_field_is_named) {
   CHECK_THROWS(parse_manifest(replace(good, R"("size": [128, 256])", R"("size": [100, 256])")), ErrorCode::kModelFile,
                "multiples of 128");
   CHECK_THROWS(parse_manifest(replace(good, "engine-manifest", "other")), ErrorCode::kModelFile, "not an engine manifest");
+  CHECK_THROWS(parse_manifest(replace(good, R"("std": [0.229, 0.224, 0.225])", R"("std": [0.2, 0, 0.2])")),
+               ErrorCode::kModelFile, "std finite and > 0");
+  // as in Python, mean / std / channel_order default to ImageNet's statistics and RGB
+  const std::string bare = replace(good, R"("mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "rgb")",
+                                   R"("channel_order": "rgb")");
+  CHECK(bare != good && parse_manifest(bare).spec.preprocess.std[2] == 0.225f);
   CHECK_THROWS(parse_manifest("{not json"), ErrorCode::kModelFile, "not valid JSON");
   CHECK_THROWS(parse_manifest(manifest_json("XYZ")), ErrorCode::kModelFile, "64 lowercase hex digits");
 }

@@ -30,7 +30,7 @@ typedef struct retina_image {
   int32_t width;
   int32_t height;
   size_t row_stride;
-  retina_channel_order order;
+  int32_t order; /* a retina_channel_order (an int: any value from a foreign caller is checked, not trusted) */
 } retina_image;
 
 typedef struct retina_detection {
@@ -62,7 +62,7 @@ typedef struct retina_batcher retina_batcher;
 typedef enum retina_dtype { RETINA_FLOAT32 = 0, RETINA_INT32 = 1 } retina_dtype;
 typedef struct retina_tensor {
   const char* name; /* "boxes", "scores" (--nms none) or "num_dets", "boxes", "scores", "classes" */
-  retina_dtype dtype;
+  int32_t dtype; /* a retina_dtype */
   int32_t ndim;
   int64_t shape[4];
   const void* data;
