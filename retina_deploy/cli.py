@@ -13,7 +13,7 @@ from pathlib import Path
 
 from retina_deploy import __version__
 from retina_deploy.cli_bench import add_bench
-from retina_deploy.cli_common import HelpFormatter, add_verb, progress_enabled
+from retina_deploy.cli_common import HelpFormatter, LibraryDefault, add_verb, progress_enabled
 from retina_deploy.cli_serve import add_serve, add_triton_repo
 from retina_deploy.cli_train import add_train_arguments, run_train
 from retina_deploy.errors import RetinaDeployError
@@ -38,7 +38,8 @@ def _check_device(device: str) -> None:
 def _make_shapes(args) -> int:
     from retina_deploy.data.shapes import make_shapes
 
-    out = make_shapes(args.out, num_images=args.num_images, size=args.size, seed=args.seed, overwrite=args.overwrite)
+    given = _given(args, size="size", seed="seed")
+    out = make_shapes(args.out, num_images=args.num_images, overwrite=args.overwrite, **given)
     print(f"wrote {args.num_images} images and {out / 'annotations.json'}")
     return 0
 
@@ -47,8 +48,9 @@ def _add_make_shapes(sub) -> None:
     p = add_verb(sub, "make-shapes", "Write a deterministic synthetic detection dataset in COCO format.", _make_shapes)
     p.add_argument("out", type=Path, help="output folder (images/ + annotations.json)")
     p.add_argument("--num-images", type=int, default=200, help="number of images")
-    p.add_argument("--size", type=int, default=256, help="longest image side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    shapes = "retina_deploy.data.shapes:make_shapes"
+    p.add_argument("--size", type=int, help=LibraryDefault("longest image side in pixels", f"{shapes}.size"))
+    p.add_argument("--seed", type=int, help=LibraryDefault("random seed (same seed, same bytes)", f"{shapes}.seed"))
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
 
 
@@ -188,16 +190,15 @@ def _export_onnx(args) -> int:
 
     from retina_deploy.export.onnx_export import ExportConfig, export_onnx
 
+    given = _given(args, batch="batch", nms="nms", opset="opset")
     cfg = ExportConfig(
         size=tuple(args.size) if args.size else None,
-        batch=tuple(args.batch),
-        nms=args.nms,
         max_dets=args.max_dets,
         score_thresh=args.score_thresh,
         iou_thresh=args.iou_thresh,
         topk_per_level=args.topk_per_level,
-        opset=args.opset,
         simplify=not args.no_simplify,
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()},
     )
     t0 = time.perf_counter()
     out = export_onnx(args.checkpoint, args.out, cfg)
@@ -212,20 +213,28 @@ def _add_export_onnx(sub) -> None:
     p.add_argument(
         "--size", type=int, nargs=2, metavar=("H", "W"), help="input size, multiples of 128 (default: the checkpoint's)"
     )
-    p.add_argument(
-        "--batch", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"), default=[1, 1, 8], help="dynamic batch range"
-    )
+    export, model = "retina_deploy.export.onnx_export:ExportConfig", "retina_deploy.config:ModelConfig"
+    ranges = " ".join  # (1, 1, 8) -> "1 1 8", as typed
+    batch_help = LibraryDefault("dynamic batch range", f"{export}.batch", lambda b: ranges(map(str, b)))
+    p.add_argument("--batch", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"), help=batch_help)
     p.add_argument(
         "--nms",
         choices=["onnx", "efficient", "none"],
-        default="onnx",
-        help="onnx: NonMaxSuppression op; efficient: EfficientNMS_TRT plugin (TensorRT 10); none: all decoded boxes",
+        help=LibraryDefault(
+            "onnx: NonMaxSuppression op; efficient: EfficientNMS_TRT plugin (TensorRT 10); none: all decoded boxes",
+            f"{export}.nms",
+        ),
     )
-    p.add_argument("--max-dets", type=int, help="detections per image K (default: the checkpoint's, 300)")
-    p.add_argument("--score-thresh", type=float, help="(default: the checkpoint's, 0.05)")
-    p.add_argument("--iou-thresh", type=float, help="class-aware NMS IoU (default: the checkpoint's, 0.5)")
-    p.add_argument("--topk-per-level", type=int, help="candidates per FPN level (default: the checkpoint's, 1000)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (13..20)")
+    checkpoint_s = "default: the checkpoint's, {} for a new model)"
+    max_dets_help = LibraryDefault(f"detections per image K ({checkpoint_s}", f"{model}.detections_per_img")
+    p.add_argument("--max-dets", type=int, help=max_dets_help)
+    p.add_argument("--score-thresh", type=float,
+                   help=LibraryDefault(f"score threshold ({checkpoint_s}", f"{model}.score_thresh"))  # fmt: skip
+    p.add_argument("--iou-thresh", type=float,
+                   help=LibraryDefault(f"class-aware NMS IoU ({checkpoint_s}", f"{model}.nms_thresh"))  # fmt: skip
+    topk_help = LibraryDefault(f"candidates per FPN level ({checkpoint_s}", f"{model}.topk_candidates")
+    p.add_argument("--topk-per-level", type=int, help=topk_help)
+    p.add_argument("--opset", type=int, help=LibraryDefault("ONNX opset (13..20)", f"{export}.opset"))
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
 
 
@@ -321,13 +330,16 @@ def _add_build_engine(sub) -> None:
     c = p.add_argument_group("INT8 calibration")
     c.add_argument("--calib-images", type=Path, help="folder of JPEG/PNG images (or a COCO images folder)")
     c.add_argument("--calib-annotations", type=Path, help="COCO JSON selecting the calibration images")
-    # Calibration defaults live in CalibConfig (importing it here would load onnxruntime for every verb).
-    c.add_argument("--calib-num", type=int, help="images sampled, seeded (default: 512)")
-    c.add_argument("--calib-seed", type=int, help="sampler seed (default: 0)")
+    calib = "retina_deploy.calib.int8:CalibConfig"
+    c.add_argument("--calib-num", type=int, help=LibraryDefault("images sampled, seeded", f"{calib}.num"))
+    c.add_argument("--calib-seed", type=int, help=LibraryDefault("sampler seed", f"{calib}.seed"))
     c.add_argument(
         "--calib-method",
         choices=["entropy", "minmax", "percentile"],
-        help="how activation ranges are chosen (default: percentile, keeping 99.999%% of |x|)",
+        help=LibraryDefault(
+            "how activation ranges are chosen (with --legacy-precision: entropy)",
+            f"{calib}.method",
+        ),
     )
     c.add_argument("--calib-cache", type=Path, help="tensor-range cache (default: beside the INT8 ONNX)")
     c.add_argument("--max-map-drop", type=float, help="AP points INT8 may lose; sensitive layers stay FP32")

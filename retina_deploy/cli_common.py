@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import inspect
 import os
 import sys
 
@@ -11,7 +14,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Shows each option's default, except where there is none to show."""
 
     def _get_help_string(self, action):
-        help_ = action.help or ""
+        help_ = str(action.help or "")
         if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help_:
             help_ += " (default: %(default)s)"
         return help_
@@ -27,3 +30,32 @@ def add_verb(sub, name: str, help_: str, func) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
     p.set_defaults(func=func)
     return p
+
+
+class LibraryDefault(str):
+    """A help text that ends with a default kept by the library, read only when ``--help`` is printed.
+
+    The value goes where ``text`` has ``{}``, else in a closing "(default: ...)". ``target`` is
+    ``"module:Class.field"`` (a dataclass field) or ``"module:function.parameter"``. The option itself
+    defaults to None and is passed on only when given, so the library's value is the one place for
+    the default, and building the parser imports nothing heavy (torch, onnxruntime).
+    """
+
+    def __new__(cls, text: str, target: str, fmt=str) -> LibraryDefault:
+        self = super().__new__(cls, text)  # a str, so argparse's own checks on help texts work
+        self.text, self.target, self.fmt = text, target, fmt
+        return self
+
+    def value(self):
+        module, _, qualname = self.target.partition(":")
+        owner_name, _, name = qualname.rpartition(".")
+        owner = getattr(importlib.import_module(module), owner_name)
+        if dataclasses.is_dataclass(owner):
+            f = {f.name: f for f in dataclasses.fields(owner)}[name]
+            return f.default_factory() if f.default is dataclasses.MISSING else f.default
+        return inspect.signature(owner).parameters[name].default
+
+    def __str__(self) -> str:
+        value = self.fmt(self.value())
+        text = self.text.format(value) if "{}" in self.text else f"{self.text} (default: {value})"
+        return text.replace("%", "%%")

@@ -35,6 +35,33 @@ def test_help_for_every_verb_shows_defaults(capsys):
     assert set(VERBS) <= set(build_parser()._subparsers._group_actions[0].choices)
 
 
+def test_help_defaults_are_the_library_defaults(capsys, monkeypatch, tmp_path):
+    """Options whose default the library keeps show that value in --help, and pass nothing when not given."""
+    from retina_deploy.calib.int8 import CalibConfig
+    from retina_deploy.config import ModelConfig
+    from retina_deploy.export.onnx_export import ExportConfig
+
+    with pytest.raises(SystemExit):
+        main(["export-onnx", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"ONNX opset (13..20) (default: {ExportConfig().opset})" in out
+    assert "dynamic batch range (default: {} {} {})".format(*ExportConfig().batch) in out
+    assert f"the checkpoint's, {ModelConfig().detections_per_img} for a new model" in out
+    with pytest.raises(SystemExit):
+        main(["build-engine", "--help"])
+    assert f"images sampled, seeded (default: {CalibConfig().num})" in " ".join(capsys.readouterr().out.split())
+    seen = {}
+
+    def fake_export(checkpoint, out, cfg):
+        seen["cfg"] = cfg
+        out.write_bytes(b"onnx")
+        return out
+
+    monkeypatch.setattr("retina_deploy.export.onnx_export.export_onnx", fake_export)
+    assert main(["export-onnx", str(tmp_path / "ckpt"), str(tmp_path / "m.onnx")]) == 0
+    assert seen["cfg"] == ExportConfig()
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
