@@ -252,8 +252,6 @@ def _build_engine(args) -> int:
     from retina_deploy.export.engine_builder import EngineBuildConfig, build_engine
     from retina_deploy.fileio import check_output_file
 
-    if args.fp16 and args.int8:
-        raise RetinaDeployError("choose one of --fp16 and --int8")
     inputs = (args.onnx, args.calib_annotations, args.val_annotations)
     check_output_file(args.out, inputs=inputs, flag="OUT")
     check_output_file(Path(f"{args.out}.json"), inputs=inputs, flag="OUT's manifest")
