@@ -133,25 +133,12 @@ def evaluate_predictor(predictor: Predictor, coco, *, batch_size: int = 8, progr
     records = coco.records
     bar = _progress(len(records), "eval", progress)
     for chunk in _batches(records, batch_size):
-        detections.extend(predictor.predict([_load_record_image(r, coco) for r in chunk]))
+        detections.extend(predictor.predict([coco.load_image(r) for r in chunk]))
         image_ids.extend(r.image_id for r in chunk)
         bar.update(len(chunk))
     bar.close()
     results = to_coco_results(detections, image_ids, coco.label_to_category_id)
     return coco_evaluate(coco.annotations_path, results), results
-
-
-def _load_record_image(record, coco) -> np.ndarray:
-    """The image of a COCO record; a size other than the file's declared one would misplace its boxes."""
-    from retina_deploy.runtime.image_io import load_image
-
-    image = load_image(record.path)
-    if image.shape[:2] != (record.height, record.width):
-        raise DatasetError(
-            f"{record.path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the"
-            f" {record.width}x{record.height} that {coco.annotations_path} gives for image id {record.image_id}"
-        )
-    return image
 
 
 def check_predict_out(

@@ -81,6 +81,19 @@ class CocoDataset:
     def __len__(self) -> int:
         return len(self.records)
 
+    def load_image(self, record: ImageRecord, *, max_pixels: int | None = None) -> np.ndarray:
+        """RGB uint8 [h, w, 3] of ``record``; DatasetError when the file's size is not the one the
+        annotations state (its boxes would be misplaced), ImageError for an unreadable file."""
+        from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS, load_image
+
+        image = load_image(record.path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+        if image.shape[:2] != (record.height, record.width):
+            raise DatasetError(
+                f"{record.path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the "
+                f"{record.width}x{record.height} that {self.annotations_path} gives for image id {record.image_id}"
+            )
+        return image
+
 
 def load_coco(images_dir: str | os.PathLike, annotations_json: str | os.PathLike) -> CocoDataset:
     """Load and validate a COCO instances file.

@@ -14,9 +14,9 @@ from typing import TypedDict
 import numpy as np
 import torch
 
-from retina_deploy.data.coco import CocoDataset, ImageRecord
+from retina_deploy.data.coco import CocoDataset
 from retina_deploy.errors import ConfigError, DatasetError
-from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS, load_image
+from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS
 from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess, resize_bilinear, resize_scale
 
 MIN_BOX_SIDE = 1.0  # input pixels; narrower or shorter boxes after augmentation are dropped
@@ -102,7 +102,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, DetectionTarget]:
         record = self.coco.records[index]
-        image = self._load(record)
+        image = self.coco.load_image(record, max_pixels=self.max_pixels)
         h, w = image.shape[:2]
         boxes, labels, iscrowd = record.boxes.copy(), record.labels, record.iscrowd
         factor = 1.0
@@ -134,15 +134,6 @@ class DetectionDataset(torch.utils.data.Dataset):
             "orig_size": (h, w),
         }
         return torch.from_numpy(chw), target
-
-    def _load(self, record: ImageRecord) -> np.ndarray:
-        image = load_image(record.path, max_pixels=self.max_pixels)
-        if image.shape[:2] != (record.height, record.width):
-            raise DatasetError(
-                f"{record.path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the "
-                f"{record.width}x{record.height} that {self.coco.annotations_path} gives for image id {record.image_id}"
-            )
-        return image
 
     def _jittered(
         self, image: np.ndarray, factor: float, rng: np.random.Generator
