@@ -1,4 +1,8 @@
-"""The ``serve`` and ``triton-repo`` verbs (parse, validate, call ``run_server`` / ``write_triton_repo``)."""
+"""The ``serve`` and ``triton-repo`` verbs (parse, validate, call ``run_server`` / ``write_triton_repo``).
+
+Options that are not given keep the library's defaults (``ServeConfig``, ``run_server``, ``TritonRepoConfig``):
+one place for each default; ``--help`` reads it from there.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import math
 from pathlib import Path
 
-from retina_deploy.cli_common import HelpFormatter
+from retina_deploy.cli_common import LibraryDefault, add_verb
 from retina_deploy.errors import RetinaDeployError
 
 TRITON_SCHEME = "triton://"
@@ -62,6 +66,14 @@ def _check_model(model: str) -> None:
 
 # -- serve ---------------------------------------------------------------------------------------
 
+_SERVE = "retina_deploy.runtime.serve"
+_SERVE_FIELDS = ("max_batch", "max_delay_ms", "max_queue", "workers", "max_body_mb", "max_images", "timeout_s")
+
+
+def _given(args, fields) -> dict:
+    """{field: value} of the options given on the command line."""
+    return {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+
 
 def run_serve(args) -> int:
     import logging
@@ -70,39 +82,47 @@ def run_serve(args) -> int:
     from retina_deploy.runtime.serve import ServeConfig, run_server
 
     _check_model(args.model)
-    cfg = ServeConfig(
-        max_batch=args.max_batch,
-        max_delay_ms=args.max_delay_ms,
-        max_queue=args.max_queue,
-        workers=args.workers,
-        max_body_mb=args.max_body_mb,
-        max_images=args.max_images,
-        timeout_s=args.timeout,
-        drain_timeout_s=args.drain_timeout,
-    )
+    cfg = ServeConfig(**_given(args, (*_SERVE_FIELDS, "drain_timeout_s")))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 
     def load() -> Detector:
         return Detector.load(args.model, backend=args.backend, device=args.device, num_threads=args.threads)
 
-    return run_server(load, cfg, host=args.host, port=args.port, announce=lambda line: print(line, flush=True))
+    where = _given(args, ("host", "port"))
+    return run_server(load, cfg, announce=lambda line: print(line, flush=True), **where)
 
 
 def add_serve(sub) -> argparse.ArgumentParser:
     help_ = "Serve a model over HTTP with dynamic batching, health checks and Prometheus metrics."
-    p = sub.add_parser(name="serve", help=help_, description=help_, formatter_class=HelpFormatter)
-    p.set_defaults(func=run_serve)
+    p = add_verb(sub, "serve", help_, run_serve)
     p.add_argument("model", help=".onnx, .engine, or triton://host:port/model")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=_port, default=8080, help="TCP port (0: any free port, printed at start)")
-    p.add_argument("--max-batch", type=_positive_int, help="most images per model batch (default: the model's max)")
-    p.add_argument("--max-delay-ms", type=_non_negative, default=5.0, help="longest wait for a batch to fill")
-    p.add_argument("--max-queue", type=_positive_int, default=64, help="images waiting; more get 503 + Retry-After")
-    p.add_argument("--workers", type=_positive_int, default=2, help="threads decoding and preprocessing images")
-    p.add_argument("--max-body-mb", type=_positive, default=16.0, help="largest request body (413 above)")
-    p.add_argument("--max-images", type=_positive_int, default=16, help="most images in one multipart request")
-    p.add_argument("--timeout", type=_positive, default=30.0, help="seconds a request may wait (504 after)")
-    p.add_argument("--drain-timeout", type=_non_negative, default=30.0, help="SIGTERM: seconds to finish in-flight")
+    p.add_argument("--host", help=LibraryDefault("address to listen on (0.0.0.0: all)", f"{_SERVE}:run_server.host"))
+    p.add_argument(
+        "--port", type=_port, help=LibraryDefault("TCP port (0: any free one, printed)", f"{_SERVE}:run_server.port")
+    )
+    cfg = f"{_SERVE}:ServeConfig"
+    helps = {
+        "max_batch": (
+            "most images per model batch",
+            _positive_int,
+            lambda v: "the model's maximum" if v is None else v,
+        ),
+        "max_delay_ms": ("longest wait for a batch to fill", _non_negative, str),
+        "max_queue": ("images waiting; more get 503 with Retry-After", _positive_int, str),
+        "workers": ("threads that decode and preprocess images", _positive_int, str),
+        "max_body_mb": ("largest request body in MiB (413 above)", _positive, str),
+        "max_images": ("most images in one multipart request", _positive_int, str),
+        "timeout_s": ("seconds a request may wait for its result (504 after)", _positive, str),
+    }
+    for field, (text, type_, fmt) in helps.items():
+        flag = "--timeout" if field == "timeout_s" else "--" + field.replace("_", "-")
+        p.add_argument(flag, dest=field, type=type_, help=LibraryDefault(text, f"{cfg}.{field}", fmt))
+    p.add_argument(
+        "--drain-timeout",
+        dest="drain_timeout_s",
+        type=_non_negative,
+        help=LibraryDefault("on SIGTERM, seconds to finish the requests in flight", f"{cfg}.drain_timeout_s"),
+    )
     p.add_argument(
         "--backend",
         default="auto",
@@ -116,18 +136,13 @@ def add_serve(sub) -> argparse.ArgumentParser:
 
 # -- triton-repo ---------------------------------------------------------------------------------
 
+_REPO_FIELDS = ("name", "max_batch", "instances", "kind", "queue_delay_us")
+
 
 def run_triton_repo(args) -> int:
     from retina_deploy.export.triton_repo import TritonRepoConfig, write_triton_repo
 
-    cfg = TritonRepoConfig(
-        name=args.name,
-        max_batch=args.max_batch,
-        instances=args.instances,
-        kind=args.kind,
-        queue_delay_us=args.queue_delay_us,
-        overwrite=args.overwrite,
-    )
+    cfg = TritonRepoConfig(overwrite=args.overwrite, **_given(args, _REPO_FIELDS))
     result = write_triton_repo(Path(args.model), Path(args.out_dir), cfg)
     print(f"wrote {result.config_path} ({result.platform}, max_batch_size {result.max_batch})")
     print(f"start: {result.command}")
@@ -136,16 +151,26 @@ def run_triton_repo(args) -> int:
 
 def add_triton_repo(sub) -> argparse.ArgumentParser:
     help_ = "Write a Triton Inference Server model repository for an .onnx or .engine file."
-    p = sub.add_parser(name="triton-repo", help=help_, description=help_, formatter_class=HelpFormatter)
-    p.set_defaults(func=run_triton_repo)
+    p = add_verb(sub, "triton-repo", help_, run_triton_repo)
     p.add_argument("model", help=".onnx (onnxruntime_onnx) or .engine built by TensorRT (tensorrt_plan)")
     p.add_argument("out_dir", help="repository folder (created if missing; may hold other models)")
-    p.add_argument("--name", default="retinanet", help="model name in the repository and in triton:// URLs")
-    p.add_argument("--max-batch", type=_positive_int, help="Triton's max_batch_size (default: the model's max)")
-    p.add_argument("--instances", type=_positive_int, default=1, help="model instances per GPU (or on the CPU)")
-    p.add_argument("--kind", choices=["gpu", "cpu"], default="gpu", help="instance kind (engines: gpu only)")
+    cfg = "retina_deploy.export.triton_repo:TritonRepoConfig"
+    p.add_argument("--name", help=LibraryDefault("model name in the repository and in triton:// URLs", f"{cfg}.name"))
     p.add_argument(
-        "--queue-delay-us", type=_int_at_least(0), default=500, help="dynamic batching: longest wait to fill a batch"
+        "--max-batch",
+        type=_positive_int,
+        help=LibraryDefault("Triton's max_batch_size", f"{cfg}.max_batch", lambda v: v or "the model's maximum"),
+    )
+    p.add_argument(
+        "--instances", type=_positive_int, help=LibraryDefault("model instances per GPU (or CPU)", f"{cfg}.instances")
+    )
+    p.add_argument(
+        "--kind", choices=["gpu", "cpu"], help=LibraryDefault("instance kind (engines: gpu only)", f"{cfg}.kind")
+    )
+    p.add_argument(
+        "--queue-delay-us",
+        type=_int_at_least(0),
+        help=LibraryDefault("dynamic batching: longest wait to fill a batch", f"{cfg}.queue_delay_us"),
     )
     p.add_argument("--overwrite", action="store_true", help="replace the model's folder if it exists")
     return p
