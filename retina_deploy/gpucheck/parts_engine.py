@@ -9,6 +9,7 @@ engine was built from. The ``bench`` verb and the C++ runtime are used only wher
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -247,6 +248,23 @@ def part_cpp_trt(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
     if not trt_on:
         raise Skip("built and tested the core only: CMake found no TensorRT headers/library (set TENSORRT_ROOT)")
     rec.summary = "TensorRT backend built" + (", tests pass" if "ctest" in rec.figures else "")
+    # C++ vs Python detections on one engine (retina_infer --json vs Detector), CUDA graphs off and on.
+    parity = REPO / "tests" / "runtime" / "test_cpp_trt_parity.py"
+    if parity.is_file() and importlib.util.find_spec("pytest") is not None:
+        clock.require(60, "C++ TensorRT parity")
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(parity)]
+        env = {**os.environ, "RETINA_INFER": str(build / "retina_infer")}
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=clock.left())
+        except subprocess.TimeoutExpired as e:
+            raise Skip("out of time: the C++ TensorRT parity test was still running") from e
+        last = (done.stdout.strip().splitlines() or [""])[-1]
+        rec.figures["parity"] = {"exit": done.returncode, "log_tail": (done.stdout + done.stderr).strip()[-1500:]}
+        if done.returncode == 1:
+            raise Disagree(f"C++ and Python detections differ on the engine: {done.stdout.strip()[-300:]}")
+        if done.returncode != 0:
+            raise RuntimeError(f"the C++ TensorRT parity test did not run (exit {done.returncode}): {last}")
+        rec.summary += f"; C++ vs Python detections: {last}"
 
 
 def _run_logged(

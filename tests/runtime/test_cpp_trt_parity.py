@@ -2,8 +2,9 @@
 
 One engine built by ``build-engine`` from a ``--nms none`` export; the Python ``Detector`` and
 ``retina_infer --json`` (C++, CUDA graphs off and on) detect the same PNG images and must agree: same
-count and classes, boxes within 1e-3 px, scores within 1e-5. The C++ build finds TensorRT through
-``TensorRT_ROOT`` (or the system paths) and CUDA through the toolkit or the venv's CUDA wheel.
+count and classes, boxes within 1e-3 px, scores within 1e-5. ``RETINA_INFER`` names a retina_infer built
+with the TensorRT backend; without it the test builds one, finding TensorRT through ``TENSORRT_ROOT`` (or the
+system paths) and CUDA through the toolkit or the venv's CUDA wheel.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ pytestmark = pytest.mark.skipif(_gpu_count() == 0, reason="no CUDA device: Tenso
 
 @pytest.fixture(scope="module")
 def retina_infer() -> str:
+    if os.environ.get("RETINA_INFER"):  # a build made elsewhere (the GPU check's)
+        return os.environ["RETINA_INFER"]
     args = [f"-DTensorRT_ROOT={os.environ['TENSORRT_ROOT']}"] if os.environ.get("TENSORRT_ROOT") else []
     _, log = configure("trt", (*args, *wheel_cuda_args()))
     if "TensorRT backend ON" not in log:
