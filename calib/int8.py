@@ -42,6 +42,17 @@ QDQ_OPTIONS = {
     "QuantizeBias": False,
     "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS),
 }
+# ONNX Runtime's CPU form ("cpu"): its fast INT8 kernels (QLinearConv, u8 activations x s8 weights: VNNI on x86,
+# dot-product on ARM) replace a DQ -> Conv -> Q group, so outputs are quantized too, activations are asymmetric
+# u8 and the bias int32. TensorRT takes no u8 activations: this form is for ONNX Runtime only.
+INT8_FORMS = ("tensorrt", "cpu")
+CPU_QDQ_OPTIONS = {"ActivationSymmetric": False, "WeightSymmetric": True}
+
+
+def check_form(form: str) -> str:
+    if form not in INT8_FORMS:
+        raise ConfigError(f"INT8 form must be one of {', '.join(INT8_FORMS)}, got {form!r}")
+    return form
 
 
 @dataclass(frozen=True)
@@ -70,13 +81,14 @@ class CalibConfig:
         if int(self.batch) < 1 or int(self.num) < 1:
             raise ConfigError(f"calibration batch and num must be >= 1, got {self.batch} and {self.num}")
 
-    def calibrator_options(self) -> dict:
-        """``create_calibrator`` extra options: symmetric ranges (as TensorRT's |x| histograms)."""
+    def calibrator_options(self, symmetric: bool = True) -> dict:
+        """``create_calibrator`` extra options: symmetric ranges (as TensorRT's |x| histograms), or
+        [low, high] ranges for the CPU form's asymmetric u8 activations."""
         if self.method == "entropy":
-            return {"symmetric": True, "num_bins": 2048, "num_quantized_bins": 128}
+            return {"symmetric": symmetric, "num_bins": 2048, "num_quantized_bins": 128}
         if self.method == "percentile":
-            return {"symmetric": True, "num_bins": 2048, "percentile": float(self.percentile)}
-        return {"symmetric": True}
+            return {"symmetric": symmetric, "num_bins": 2048, "percentile": float(self.percentile)}
+        return {"symmetric": symmetric}
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,7 @@ class _OneBatch(CalibrationDataReader):
         return next(self._items, None)
 
 
-def cache_key(onnx_sha256: str, calib: CalibSet, cfg: CalibConfig) -> dict:
+def cache_key(onnx_sha256: str, calib: CalibSet, cfg: CalibConfig, form: str = "tensorrt") -> dict:
     """What a calibration cache must have been made under to be reused."""
     key = {
         "onnx_sha256": onnx_sha256,
@@ -111,18 +123,25 @@ def cache_key(onnx_sha256: str, calib: CalibSet, cfg: CalibConfig) -> dict:
     }
     if cfg.method == "percentile":
         key["percentile"] = float(cfg.percentile)
+    if check_form(form) != "tensorrt":  # every tensor's range, asymmetric
+        key.update(form=form, op_types=[])
     return key
 
 
 def activation_ranges(
-    onnx_path: str | os.PathLike, calib: CalibSet, cfg: CalibConfig, cache_path: str | os.PathLike
+    onnx_path: str | os.PathLike,
+    calib: CalibSet,
+    cfg: CalibConfig,
+    cache_path: str | os.PathLike,
+    form: str = "tensorrt",
 ) -> RangesResult:
-    """The inputs' ranges of every Conv, from ``cache_path`` when its key matches, else by calibration.
+    """The inputs' ranges of every Conv (form "cpu": of every tensor, asymmetric), from ``cache_path`` when
+    its key matches, else by calibration.
 
     Calibration runs the FP32 graph on ``calib`` one batch at a time, then writes the cache.
     """
     cache_path = Path(cache_path)
-    key = cache_key(sha256_file(onnx_path), calib, cfg)
+    key = cache_key(sha256_file(onnx_path), calib, cfg, form)
     cached = read_cache(cache_path, key)
     if cached is not None:
         log.info("calibration cache %s matches: calibration skipped", cache_path)
@@ -130,10 +149,10 @@ def activation_ranges(
     with tempfile.TemporaryDirectory(prefix="retina-calib-") as tmp:
         calibrator = create_calibrator(
             Path(onnx_path),
-            list(WEIGHTED_OPS),
+            list(WEIGHTED_OPS) if form == "tensorrt" else [],
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=METHODS[cfg.method],
-            extra_options=cfg.calibrator_options(),
+            extra_options=cfg.calibrator_options(symmetric=form == "tensorrt"),
         )
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
             for batch in calib.batches(cfg.batch):
@@ -150,11 +169,14 @@ def quantize_with_ranges(
     ranges: TensorsData,
     *,
     exclude: tuple[str, ...] = (),
+    form: str = "tensorrt",
 ) -> Path:
     """Insert Q/DQ into our FP32 ONNX file with known ranges; write it (metadata kept, precision "int8").
 
-    ``exclude`` names Conv nodes to keep in FP32 (besides the FP32 tail). Atomic write.
+    ``exclude`` names Conv nodes to keep in FP32 (besides the FP32 tail). ``form``: "tensorrt" (default)
+    or "cpu" (ONNX Runtime's fast CPU kernels; see CPU_QDQ_OPTIONS). Atomic write.
     """
+    cpu = check_form(form) == "cpu"
     model, meta = load_graph(onnx_path)
     if meta.precision != "fp32":
         raise ModelFileError(f"{onnx_path}: precision is already {meta.precision}; quantize the FP32 export")
@@ -174,13 +196,13 @@ def quantize_with_ranges(
                 calibration_data_reader=None,
                 calibration_cache_path=ranges_file,  # exists: quantize_static runs no calibration
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(WEIGHTED_OPS),
+                op_types_to_quantize=None if cpu else list(WEIGHTED_OPS),
                 per_channel=True,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=nodes_to_exclude,
                 calibrate_method=ranges.calibration_method,
-                extra_options=dict(QDQ_OPTIONS),
+                extra_options=dict(CPU_QDQ_OPTIONS if cpu else QDQ_OPTIONS),
             )
         int8_model = load_onnx(quantized)
     return save_onnx(int8_model, meta, out_path, precision="int8")
@@ -206,6 +228,8 @@ def _quiet_ort_advice() -> Iterator[None]:
 
 __all__ = [
     "CALIB_METHODS",
+    "CPU_QDQ_OPTIONS",
+    "INT8_FORMS",
     "QDQ_OPTIONS",
     "CalibConfig",
     "RangesResult",

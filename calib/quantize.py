@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retina_deploy.artifacts import read_onnx_metadata
-from retina_deploy.calib.int8 import CalibConfig, activation_ranges, quantize_with_ranges
+from retina_deploy.calib.int8 import CalibConfig, activation_ranges, check_form, quantize_with_ranges
 from retina_deploy.calib.sampler import sample_calibration_images
 from retina_deploy.calib.sensitivity import ExcludedLayer, fit_map_drop
 from retina_deploy.errors import ConfigError, ModelFileError
@@ -33,6 +33,9 @@ class Int8Config:
     exclude: convolution node names to keep in FP32.
     max_map_drop: AP budget in points (1.0 = 0.01 COCO AP), measured on ``val_images`` /
         ``val_annotations``; None: no accuracy check.
+    form: "tensorrt" (default: symmetric s8, Q/DQ on convolution inputs, what TensorRT builds) or "cpu"
+        (u8 activations, outputs quantized too: ONNX Runtime fuses each group into QLinearConv, its fast
+        CPU kernel; TensorRT cannot build it).
     """
 
     calib_images: Path
@@ -43,8 +46,12 @@ class Int8Config:
     max_map_drop: float | None = None
     val_images: Path | None = None
     val_annotations: Path | None = None
+    form: str = "tensorrt"
 
     def __post_init__(self) -> None:
+        check_form(self.form)
+        if self.form != "tensorrt" and self.max_map_drop is not None:
+            raise ConfigError("--max-map-drop searches the TensorRT form only; drop it or --int8-form cpu")
         for name in ("calib_images", "calib_annotations", "cache", "val_images", "val_annotations"):
             value = getattr(self, name)
             if value is not None:
@@ -95,7 +102,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cfg
     calib_set = sample_calibration_images(
         cfg.calib_images, meta.preprocess, annotations=cfg.calib_annotations, num=cfg.calib.num, seed=cfg.calib.seed
     )
-    got = activation_ranges(onnx_path, calib_set, cfg.calib, cfg.cache_path(out_path))
+    got = activation_ranges(onnx_path, calib_set, cfg.calib, cfg.cache_path(out_path), cfg.form)
     common = dict(
         path=Path(out_path),
         cache_path=got.cache_path,
@@ -104,7 +111,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cfg
         sampler_sha256=calib_set.sha256,
     )
     if cfg.max_map_drop is None:
-        quantize_with_ranges(onnx_path, out_path, got.ranges, exclude=cfg.exclude)
+        quantize_with_ranges(onnx_path, out_path, got.ranges, exclude=cfg.exclude, form=cfg.form)
         return Int8Result(**common)
     from retina_deploy.calib.accuracy import coco_metrics
 

@@ -132,7 +132,7 @@ def _eval(args) -> int:
 
 def _add_eval(sub) -> None:
     p = add_verb(sub, "eval", "COCO box metrics of a model (checkpoint folder, .onnx or .engine) on a dataset.", _eval)
-    p.add_argument("model", type=Path, help="checkpoint folder, .onnx or .engine")
+    p.add_argument("model", help="checkpoint folder, .onnx, .engine or triton://host:port/model")
     p.add_argument("--images", type=Path, required=True, help="images folder")
     p.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
@@ -166,7 +166,7 @@ def _predict(args) -> int:
 
 def _add_predict(sub) -> None:
     p = add_verb(sub, "predict", "Detect objects in images; write detections.json and annotated PNGs.", _predict)
-    p.add_argument("model", type=Path, help="checkpoint folder, .onnx or .engine")
+    p.add_argument("model", help="checkpoint folder, .onnx, .engine or triton://host:port/model")
     p.add_argument("images", type=Path, nargs="+", help="JPEG, PNG or BMP files")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
