@@ -71,7 +71,8 @@ class TorchPredictor:
 
 
 def load_predictor(path: str | os.PathLike, *, device: str = "cpu", backend: str = "auto") -> Predictor:
-    """A Predictor for any model file: checkpoints run in PyTorch, ``.onnx`` / ``.engine`` in the runtime's Detector.
+    """A Predictor for any model file: checkpoints run in PyTorch, ``.onnx`` / ``.engine`` and ``triton://host:port/model``
+    URLs in the runtime's Detector.
 
     device: "cpu", "cuda" or "cuda:N". ONNX files run in ONNX Runtime with the CPU provider for "cpu"
         and the CUDA provider for "cuda[:N]"; engines always run on a GPU (N, default 0).
@@ -80,12 +81,13 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu", backend: str
     """
     gpu = check_device(device)
     from retina_deploy.artifacts import model_kind
+    from retina_deploy.runtime.detector import Detector
 
+    if str(path).startswith("triton://"):  # a model served by Triton (``triton-repo``)
+        return Detector.load(str(path), backend=backend)
     kind = model_kind(path)
     if kind == "checkpoint":
         return TorchPredictor.from_checkpoint(path, device)
-    from retina_deploy.runtime.detector import Detector
-
     if backend == "auto" and kind == "onnx":
         backend = "ort-cpu" if gpu is None else "ort-cuda"
     return Detector.load(path, backend=backend, device=gpu or 0)

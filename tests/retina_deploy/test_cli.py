@@ -133,6 +133,7 @@ def test_eval_on_synthetic_set(converted, tmp_path, capsys):
     [
         (["predict", "nope", "x.png", "--out", "o"], "no such model"),
         (["eval", "model.pth", "--images", "i", "--annotations", "a.json"], "not a model"),
+        (["predict", "triton://127.0.0.1:9/m", "x.png", "--out", "o"], "cannot reach Triton at 127.0.0.1:9"),
         (["convert-weights", "missing.pth", "out"], "no such file"),
         (["make-shapes", "o", "--num-images", "0"], "num_images"),
         (["export-onnx", "missing", "m.onnx"], "no such checkpoint"),
