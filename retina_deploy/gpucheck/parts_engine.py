@@ -28,11 +28,13 @@ BUILD_ESTIMATE_S = {"fp32": 20, "fp16": 25, "int8": 40}
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_bounded(cmd: list[str], timeout: float, what: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_bounded(
+    cmd: list[str], timeout: float, what: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``cmd`` in its own process group; past ``timeout`` the whole group (compilers included) is killed
     and the step is skipped as out of time."""
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env, start_new_session=True
     )
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -254,10 +256,7 @@ def part_cpp_trt(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
         clock.require(60, "C++ TensorRT parity")
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(parity)]
         env = {**os.environ, "RETINA_INFER": str(build / "retina_infer")}
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=clock.left())
-        except subprocess.TimeoutExpired as e:
-            raise Skip("out of time: the C++ TensorRT parity test was still running") from e
+        done = run_bounded(cmd, clock.left(), "the C++ TensorRT parity test", cwd=REPO, env=env)
         last = (done.stdout.strip().splitlines() or [""])[-1]
         rec.figures["parity"] = {"exit": done.returncode, "log_tail": (done.stdout + done.stderr).strip()[-1500:]}
         if done.returncode == 1:
