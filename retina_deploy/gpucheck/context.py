@@ -102,7 +102,7 @@ FULL = Plan(
         "infer.compile": 130,
         "ort.gpu": 50,
         "trt.engines": 150,
-        "cpp.trt": 60,
+        "cpp.trt": 100,
     },
 )
 
