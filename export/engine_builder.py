@@ -56,7 +56,8 @@ class EngineBuildConfig:
     workspace_gib: builder workspace limit in GiB (None: TensorRT's default, the device memory).
     timing_cache: a timing cache file, read if present and written back (tensorrt only).
     flavour: "auto", "tensorrt" or "tensorrt-rtx".
-    dla_core: run on this DLA core (Jetson; FP16 / INT8 only), with GPU fallback when ``gpu_fallback``.
+    dla_core: run on this DLA core (Jetson; FP16 / INT8 only, a fixed batch: MIN = OPT = MAX), with GPU
+        fallback when ``gpu_fallback``.
     legacy_precision: TensorRT < 11: builder flags (+ IInt8EntropyCalibrator2) on the FP32 file.
     int8: calibration options, required to make an INT8 file (or a legacy INT8 engine).
     precision_onnx: where the baked ONNX goes (None: ``<onnx stem>.<precision>.onnx`` beside the engine).

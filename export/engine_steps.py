@@ -98,8 +98,13 @@ def resolve_batch(
     return lo, opt, hi
 
 
-def check_flavour_options(flavour: Flavour, cfg: EngineBuildConfig, precision: str) -> None:
-    """Options the installed flavour cannot honour fail before any baking (ConfigError)."""
+def check_flavour_options(
+    flavour: Flavour, cfg: EngineBuildConfig, precision: str, batch: tuple[int, int, int] | None = None
+) -> None:
+    """Options the installed flavour cannot honour fail before any baking (ConfigError).
+
+    batch: the profile's (MIN, OPT, MAX); DLA has no dynamic dimensions, so it must be one size.
+    """
     if cfg.legacy_precision and not flavour.has_precision_flags:
         raise ConfigError(
             f"--legacy-precision needs TensorRT < 11; {flavour.name} {flavour.version} builds strongly typed"
@@ -114,12 +119,17 @@ def check_flavour_options(flavour: Flavour, cfg: EngineBuildConfig, precision: s
         raise ConfigError(
             f"DLA core {cfg.dla_core} does not exist: {flavour.name} sees {cores} DLA cores (DLA is on Jetson AGX/NX)"
         )
+    if batch is not None and len(set(batch)) != 1:
+        raise ConfigError(
+            f"DLA needs a fixed batch (it has no dynamic dimensions; TensorRT would run every layer on the GPU):"
+            f" add --batch N N N to --dla-core, got {'/'.join(map(str, batch))}"
+        )
 
 
 def bake_precision(src: Path, meta: OnnxMetadata, cfg: EngineBuildConfig, out_path: Path, flavour: Flavour) -> Baked:
     """Write the FP16 / INT8 ONNX file the engine is built from (or take ``src`` as it is)."""
     requested = cfg.precision or meta.precision
-    check_flavour_options(flavour, cfg, requested)
+    check_flavour_options(flavour, cfg, requested, cfg.batch or meta.batch)
     if requested == "int8" and meta.precision == "fp32" and cfg.int8 is None:
         raise ConfigError("--int8 needs calibration images (--calib-images DIR)")
     source_sha = sha256_file(src)
@@ -143,7 +153,10 @@ def bake_precision(src: Path, meta: OnnxMetadata, cfg: EngineBuildConfig, out_pa
 
 
 def _with_conv_counts(baked: Baked) -> Baked:
-    """Count the convolutions that read a DequantizeLinear output (Q/DQ) and those that do not."""
+    """Count the convolutions that read a DequantizeLinear output (Q/DQ) and those that do not (INT8 only:
+    in an FP16 file no convolution is meant to stay FP32)."""
+    if baked.precision != "int8":
+        return baked
     graph = onnx.load(str(baked.path), load_external_data=False).graph
     dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]

@@ -164,6 +164,11 @@ def setup_legacy(
         num=opts.calib.num,
         seed=opts.calib.seed,
     )
+    if len(calib) < opts.calib.batch:  # TensorRT would fail with "no scaling factors detected"
+        raise ConfigError(
+            f"--legacy-precision calibrates in full batches of {opts.calib.batch} images: found {len(calib)} in"
+            f" {opts.calib_images}; give it at least {opts.calib.batch}"
+        )
     key = {
         "onnx_sha256": baked.source_sha256,
         "sampler_sha256": calib.sha256,
