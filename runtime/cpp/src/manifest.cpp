@@ -157,6 +157,15 @@ EngineManifest parse_manifest(const std::string& json_text, const std::string& w
   if (get_int(field(doc, "format_version", what), "format_version", what) != kFormatVersion) {
     fail(what, "format_version is not " + std::to_string(kFormatVersion));
   }
+  static const char* const known[] = {"format", "format_version", "engine_sha256", "flavour", "trt_version",
+                                      "precision", "batch_range", "input_size", "onnx_sha256", "class_names",
+                                      "preprocess", "postprocess", "input_name", "gpu_name", "compute_capabilities",
+                                      "extra"};
+  for (const auto& item : doc.items()) {  // as runtime/manifest.py: an unknown key is an error, never ignored
+    bool found = false;
+    for (const char* k : known) found = found || item.key() == k;
+    if (!found) fail(what, "unknown field '" + item.key() + "'");
+  }
   EngineManifest m;
   m.spec = parse_spec(doc, what);
   m.engine_sha256 = get_string(doc, "engine_sha256", what);

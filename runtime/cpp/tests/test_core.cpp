@@ -55,6 +55,8 @@ TEST(manifest_missing_or_wrong_typed_field_is_named) {
                                    R"("channel_order": "rgb")");
   CHECK(bare != good && parse_manifest(bare).spec.preprocess.std[2] == 0.225f);
   CHECK_THROWS(parse_manifest("{not json"), ErrorCode::kModelFile, "not valid JSON");
+  CHECK_THROWS(parse_manifest(replace(good, R"("extra": {})", R"("extra": {}, "bogus": 1)")), ErrorCode::kModelFile,
+               "unknown field 'bogus'");
   CHECK_THROWS(parse_manifest(manifest_json("XYZ")), ErrorCode::kModelFile, "64 lowercase hex digits");
 }
 
