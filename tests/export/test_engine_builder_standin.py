@@ -11,14 +11,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from export_helpers import BATCH, SIZE
 from fake_trt_builder import make_tensorrt
 
+from retina_deploy.artifacts import read_onnx_metadata
 from retina_deploy.calib.int8 import CalibConfig
 from retina_deploy.calib.quantize import Int8Config
+from retina_deploy.calib.sampler import sample_calibration_images
 from retina_deploy.errors import ConfigError, RetinaDeployError
 from retina_deploy.export.engine_builder import EngineBuildConfig, build_engine
 from retina_deploy.export.engine_precision import network_precision
@@ -167,7 +170,9 @@ def test_legacy_int8_calibrates_with_the_asked_calibrator(
     assert record["calibrator"] == calibrator and record["flags"] == {"FP16", "INT8"} and not record["strongly_typed"]
     # 4 images in full batches of 2, at the calibration profile's shape, copied to (fake) device memory
     assert record["calibration"]["source"] == "calibrated" and record["calibration"]["batches"] == 2
-    assert record["calibration"]["batch_shape"] == (2, 3, H, W) and record["calibration"]["input_amax"] > 0
+    assert record["calibration"]["batch_shape"] == (2, 3, H, W)
+    calib = sample_calibration_images(calib_dir, read_onnx_metadata(none_export).preprocess, num=4)
+    assert record["calibration"]["input_amax"] == max(float(abs(b).max()) for b in calib.batches(2))  # our images
     assert not cudart.buffers  # the calibrator's device buffer was freed
     cache = tmp_path / "legacy.engine.calib.cache"
     assert cache.read_text().splitlines()[0] == f"TRT-101303-{header}"
@@ -181,7 +186,7 @@ def test_legacy_int8_cache_is_reused_until_the_calibration_set_changes(none_expo
     trt, _ = install(monkeypatch)
     cache = tmp_path / "shared.calib.cache"
     cfg = legacy_int8(calib_dir)
-    cfg = EngineBuildConfig(**{**cfg.__dict__, "int8": Int8Config(**{**cfg.int8.__dict__, "cache": cache})})
+    cfg = replace(cfg, int8=replace(cfg.int8, cache=cache))
     build_engine(none_export, tmp_path / "a.engine", cfg)
     first, key_path = cache.read_bytes(), cache.with_name(cache.name + ".key.json")
     first_key = json.loads(key_path.read_text())
@@ -193,7 +198,7 @@ def test_legacy_int8_cache_is_reused_until_the_calibration_set_changes(none_expo
     other.mkdir()
     for i, image in enumerate(sorted(calib_dir.glob("*.png"))[:2]):
         (other / f"copy_{i}.png").write_bytes(image.read_bytes())
-    changed = EngineBuildConfig(**{**cfg.__dict__, "int8": Int8Config(**{**cfg.int8.__dict__, "calib_images": other})})
+    changed = replace(cfg, int8=replace(cfg.int8, calib_images=other))
     build_engine(none_export, tmp_path / "c.engine", changed)
     assert trt.builds[-1]["calibration"]["source"] == "calibrated" and trt.builds[-1]["calibration"]["batches"] == 1
     assert json.loads(key_path.read_text())["sampler_sha256"] != first_key["sampler_sha256"]
@@ -325,9 +330,7 @@ def test_standin_network_matches_tensorrt_rtx(default_builds):
 def test_legacy_int8_with_fewer_images_than_one_batch_is_one_clear_error(none_export, calib_dir, tmp_path, monkeypatch):
     trt, _ = install(monkeypatch)
     cfg = legacy_int8(calib_dir)  # 4 images
-    cfg = EngineBuildConfig(
-        **{**cfg.__dict__, "int8": Int8Config(calib_images=calib_dir, calib=CalibConfig(method="entropy", batch=8))}
-    )
+    cfg = replace(cfg, int8=replace(cfg.int8, calib=CalibConfig(method="entropy", batch=8)))
     with pytest.raises(ConfigError, match="calibrates in full batches of 8 images: found 4") as info:
         build_engine(none_export, tmp_path / "few.engine", cfg)
     assert "\n" not in str(info.value) and not trt.builds and nothing_written(tmp_path)
