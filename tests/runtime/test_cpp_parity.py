@@ -6,7 +6,8 @@ Preprocessing: images of many sizes and aspect ratios (portrait, landscape, smal
 Post-processing: a real ``--nms none`` export runs in ONNX Runtime inside the Python ``Detector``;
 each backend call (input batch and dense outputs) is recorded and replayed to the C++ ``Detector``,
 which must get the same input batches and the same detections (count, classes, boxes within 1e-3 px,
-scores within 1e-6) in each original image's pixels.
+scores within 1e-6) in each original image's pixels; so must crowded synthetic outputs (clustered boxes,
+boxes crossing the border) under several IoU thresholds and top-k sizes.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from PIL import Image
 from retina_deploy.runtime.detector import Detector
 from retina_deploy.runtime.image_io import as_rgb_array
 from retina_deploy.runtime.manifest import EngineManifest, fields_from_onnx_metadata, write_manifest
+from retina_deploy.runtime.onnx_metadata import NmsSettings
 from retina_deploy.runtime.onnx_runner import OnnxModel
 from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
+from retina_deploy.runtime.spec import ModelSpec
 
 # (height, width, channel order, extra bytes per row): portrait, landscape, smaller than the input, 1x1,
 # odd sizes, extreme aspect ratios, exactly the input size, larger than the input.
@@ -208,3 +211,59 @@ def test_retina_infer_checks_images_and_engine_before_running(tmp_path):
     engine.write_bytes(b"tampered")
     done = subprocess.run([str(infer), str(engine), str(tmp_path / "a.png")], capture_output=True, text=True)
     assert done.returncode == 1 and "differs from its manifest's" in done.stderr
+
+
+class DenseFake:
+    """A backend whose dense outputs are crowded on purpose: boxes in clusters (many overlaps near the IoU
+    threshold), boxes crossing the image border, 4 classes, distinct scores around the threshold."""
+
+    input_size, batch_range = (128, 128), (1, 2)
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        b, n = batch.shape[0], 400
+        centres = self.rng.uniform(-10, 140, (b, 12, 2))[:, self.rng.integers(0, 12, n)]
+        centres += self.rng.normal(0, 3, (b, n, 2))
+        half = self.rng.uniform(2, 30, (b, n, 2))
+        boxes = np.concatenate([centres - half, centres + half], axis=2).astype(np.float32)
+        scores = self.rng.permutation(np.linspace(0.01, 0.99, b * n * 4)).reshape(b, n, 4).astype(np.float32)
+        return {"boxes": boxes, "scores": scores}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("iou_thresh, topk", [(0.5, 40), (0.3, 1000), (0.7, 5)])
+def test_host_nms_on_crowded_outputs_equals_python(parity_tool, tmp_path, iou_thresh, topk):
+    nms = NmsSettings(mode="none", max_dets=60, score_thresh=0.3, iou_thresh=iou_thresh, topk_per_level=topk)
+    spec = ModelSpec(("a", "b", "c", "d"), PreprocessConfig(size=(128, 128)), nms, (300, 80, 20))
+    recorder = RecordingBackend(DenseFake(seed=int(iou_thresh * 10) + topk), tmp_path)
+    rng = np.random.default_rng(5)
+    images = [smooth_image(rng, h, w) for h, w in [(100, 60), (64, 200), (128, 128)]]
+    expected = Detector(recorder, spec).detect(images)
+    meta = {
+        "class_names": list(spec.class_names),
+        "input_size": [128, 128],
+        "mean": list(spec.preprocess.mean),
+        "std": list(spec.preprocess.std),
+        "channel_order": "rgb",
+        "nms": nms.to_dict(),
+        "anchors_per_level": list(spec.anchors_per_level),
+        "batch": {"min": 1, "opt": 1, "max": 2},
+        "precision": "fp32",
+    }
+    job = {
+        "manifest": str(manifest_for(meta, tmp_path / "m.json")),
+        "images": write_images(tmp_path, images, ["rgb"] * 3, [0, 0, 0]),
+        "preprocess_dir": str(tmp_path),
+        "replay": recorder.calls,
+        "result": str(tmp_path / "result.json"),
+    }
+    result = run_tool(parity_tool, job, tmp_path)
+    for ours, ref in zip(result["detections"], expected, strict=True):
+        assert len(ours) == len(ref) > 0
+        np.testing.assert_array_equal([d["class_id"] for d in ours], ref.class_ids)
+        np.testing.assert_array_equal(np.asarray([d["box"] for d in ours], np.float32), ref.boxes)
+        np.testing.assert_array_equal(np.asarray([d["score"] for d in ours], np.float32), ref.scores)
