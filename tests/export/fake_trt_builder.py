@@ -378,6 +378,7 @@ class IEngineInspector:
 
     def get_engine_information(self, format: Any) -> str:  # noqa: A002 - TensorRT's name
         plan, trt = self.engine.plan, self._trt
+        major = int(trt.__version__.split(".")[0])
         bindings = [t["name"] for t in plan["io"]]
         verbosity = plan["profiling_verbosity"]
         if verbosity == "NONE":
@@ -385,10 +386,10 @@ class IEngineInspector:
         elif verbosity == "LAYER_NAMES_ONLY":
             layers = [layer["name"] for layer in plan["layers"]]
         else:
-            major = int(trt.__version__.split(".")[0])
             layers = [_layer_json(layer, major) for layer in plan["layers"]]
         if format == trt.LayerInformationFormat.JSON:
-            return json.dumps({"Layers": layers, "Bindings": bindings})
+            io_key = "I/O Tensors" if major >= 11 else "Bindings"  # renamed in 11.x
+            return json.dumps({"Layers": layers, io_key: bindings})
         return "\n".join(str(layer) for layer in layers)
 
 

@@ -121,7 +121,7 @@ class OnnxParser:
         except Exception as e:  # protobuf's DecodeError and friends
             self._errors.append(ParserError(f"Failed to parse ONNX model: {e}"))
             return False
-        _import_graph(self._trt, proto.graph, self.network, self._errors)
+        _import_graph(proto.graph, self.network, self._errors)
         return not self._errors
 
 
@@ -129,7 +129,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[int, ...]:
     return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim)
 
 
-def _import_graph(trt, graph: onnx.GraphProto, net: INetworkDefinition, errors: list) -> None:
+def _import_graph(graph: onnx.GraphProto, net: INetworkDefinition, errors: list) -> None:
     """Layers and typed tensors of ``graph`` into ``net`` (see the module docstring)."""
     inits = {i.name: i for i in graph.initializer}
     tensors: dict[str, ITensor] = {}
@@ -147,7 +147,7 @@ def _import_graph(trt, graph: onnx.GraphProto, net: INetworkDefinition, errors: 
             net._inputs.append(tensors[vi.name])
     for index, node in enumerate(graph.node):
         kind = ONNX_LAYER.get(node.op_type)
-        if kind is None or (kind == "PLUGIN_V2" and int(trt.__version__.split(".")[0]) >= 11):
+        if kind is None:
             errors.append(ParserError(
                 f"In node {index} with name: {node.name} and operator: {node.op_type}: UNSUPPORTED_NODE: No importer"
                 f" registered for op: {node.op_type}. Attempting to import as plugin. Plugin not found", index
