@@ -323,7 +323,7 @@ def _add_build_engine(sub) -> None:
     p.add_argument("--workspace", type=float, help="builder workspace limit in GiB")
     p.add_argument("--timing-cache", type=Path, help="timing cache file, reused and updated")
     p.add_argument("--flavor", choices=["auto", "tensorrt", "tensorrt-rtx"], default="auto", help="TensorRT flavour")
-    p.add_argument("--dla-core", type=int, help="Jetson DLA core (GPU fallback on)")
+    p.add_argument("--dla-core", type=int, help="Jetson DLA core (GPU fallback on; needs a fixed batch: --batch N N N)")
     p.add_argument("--legacy-precision", action="store_true", help="TensorRT < 11: builder flags + INT8 calibrator")
     c = p.add_argument_group("INT8 calibration")
     c.add_argument("--calib-images", type=Path, help="folder of JPEG/PNG images (or a COCO images folder)")
