@@ -63,10 +63,12 @@ void BatchingDetector::worker() {
     for (const Request& r : batch) prepared.push_back(&r.prepared);
     try {
       std::vector<Detections> results = detector_.run_prepared(prepared);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);  // counted before callers wake: they may read the counts
+        batches_run_ += 1;
+        images_run_ += batch.size();
+      }
       for (std::size_t i = 0; i < batch.size(); ++i) batch[i].promise.set_value(std::move(results[i]));
-      std::lock_guard<std::mutex> lock(mutex_);
-      batches_run_ += 1;
-      images_run_ += batch.size();
     } catch (...) {  // every accepted request gets an outcome
       for (Request& r : batch) r.promise.set_exception(std::current_exception());
     }
