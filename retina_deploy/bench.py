@@ -301,6 +301,7 @@ def run_bench(models: Sequence[str | os.PathLike], cfg: BenchConfig, *, log=prin
     if not models:
         raise ConfigError("give at least one MODEL")
     plan = _plan([Path(m) for m in models], cfg)
+    labels = _labels([path for path, *_ in plan])
     images, images_desc = load_images(cfg.images, cfg.num_images)
     env = envinfo.environment()
     env["load_before"] = envinfo.machine_load()
@@ -308,6 +309,7 @@ def run_bench(models: Sequence[str | os.PathLike], cfg: BenchConfig, *, log=prin
     results = []
     for path, kind, backend, compile_model in plan:
         target = _open(path, kind, backend, cfg, compile_model)
+        target.label = labels[path]
         try:
             lo, hi = target.batch_range
             bad = [b for b in cfg.batches if not lo <= b <= hi]
@@ -344,6 +346,17 @@ def run_bench(models: Sequence[str | os.PathLike], cfg: BenchConfig, *, log=prin
         "warnings": _load_warnings(env),
     }
     return report
+
+
+def _labels(paths: Sequence[Path]) -> dict[Path, str]:
+    """A short name per model for the table and plot: its file or folder name, or the path as given
+    where two models share a name (``r101/model.onnx``, ``r18/model.onnx``)."""
+
+    def short(p: Path) -> str:
+        return f"{p.parent.name}/{p.name}" if p.name in ("best", "last") else p.name
+
+    names = [short(p) for p in dict.fromkeys(paths)]
+    return {p: (short(p) if names.count(short(p)) == 1 else str(p)) for p in dict.fromkeys(paths)}
 
 
 def _gpu_mib(target, device: str) -> float | None:

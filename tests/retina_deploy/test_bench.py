@@ -136,3 +136,12 @@ def test_help_shows_defaults(capsys):
         main(["bench", "--help"])
     out = capsys.readouterr().out
     assert "(default: 10.0)" in out and "(default: [1])" in out and "--peak-tflops" in out
+
+
+def test_labels_are_short_unless_ambiguous():
+    from pathlib import Path
+
+    from retina_deploy.bench import _labels
+
+    labels = _labels([Path("r101/model.onnx"), Path("r18/model.onnx"), Path("r18/model.int8.onnx"), Path("run/best")])
+    assert list(labels.values()) == ["r101/model.onnx", "r18/model.onnx", "model.int8.onnx", "run/best"]
