@@ -7,7 +7,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -54,40 +53,39 @@ double percentile(std::vector<double> v, double q) {
   return v[lo] + (v[hi] - v[lo]) * (pos - static_cast<double>(lo));
 }
 
-int usage() {
-  std::fprintf(stderr,
+int usage(std::FILE* to = stderr) {
+  std::fprintf(to,
                "usage: retina_infer ENGINE IMAGE... [--json] [--iterations N] [--warmup W] [--device D] "
                "[--cuda-graphs]\n");
   return 2;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  std::vector<std::string> positional;
-  bool as_json = false;
+struct Args {
+  std::string engine;
+  std::vector<std::string> images;
+  bool json = false;
   int iterations = 0, warmup = 3;
   retina::Options options;
+};
+
+// Returns 0 when `args` is complete, else the exit status (2: usage error, -1: --help printed).
+int parse_args(int argc, char** argv, Args& args) {
+  std::vector<std::string> positional;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    auto next_int = [&](int& out) {
-      if (i + 1 >= argc) return false;
-      char* end = nullptr;
-      const long v = std::strtol(argv[++i], &end, 10);
-      if (*end != '\0' || v < 0 || v > 1000000) return false;
-      out = static_cast<int>(v);
-      return true;
-    };
     if (a == "--json") {
-      as_json = true;
+      args.json = true;
     } else if (a == "--cuda-graphs") {
-      options.cuda_graphs = true;
+      args.options.cuda_graphs = true;
     } else if (a == "--iterations" || a == "--warmup" || a == "--device") {
-      int& target = a == "--iterations" ? iterations : a == "--warmup" ? warmup : options.device;
-      if (!next_int(target)) return usage();
+      int& target = a == "--iterations" ? args.iterations : a == "--warmup" ? args.warmup : args.options.device;
+      char* end = nullptr;
+      const long v = i + 1 < argc ? std::strtol(argv[++i], &end, 10) : -1;
+      if (end == nullptr || *end != '\0' || v < 0 || v > 1000000) return usage();
+      target = static_cast<int>(v);
     } else if (a == "-h" || a == "--help") {
-      usage();
-      return 0;
+      usage(stdout);
+      return -1;
     } else if (a.rfind("--", 0) == 0) {
       return usage();
     } else {
@@ -95,50 +93,67 @@ int main(int argc, char** argv) {
     }
   }
   if (positional.size() < 2) return usage();
+  args.engine = positional[0];
+  args.images.assign(positional.begin() + 1, positional.end());
+  return 0;
+}
+
+// Latency of detect() over all images: min / median / p90 / p99 in ms, and images per second at the median.
+nlohmann::json time_detect(retina::Detector& detector, const std::vector<retina::ImageView>& views, const Args& args) {
+  for (int i = 0; i < args.warmup; ++i) detector.detect(views);
+  std::vector<double> ms;
+  for (int i = 0; i < args.iterations; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    detector.detect(views);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const double median = percentile(ms, 0.5);
+  return {{"min", *std::min_element(ms.begin(), ms.end())}, {"median", median}, {"p90", percentile(ms, 0.9)},
+          {"p99", percentile(ms, 0.99)}, {"iterations", args.iterations}, {"images_per_call", views.size()},
+          {"images_per_s", 1000.0 * static_cast<double>(views.size()) / median}};
+}
+
+void print_text(const nlohmann::json& out) {
+  for (const auto& image : out["images"]) {
+    std::printf("%s: %zu detections\n", image["image"].get<std::string>().c_str(), image["detections"].size());
+    for (const auto& d : image["detections"]) std::printf("  %s\n", d.dump().c_str());
+  }
+  if (out.contains("latency_ms")) {
+    const auto& l = out["latency_ms"];
+    std::printf("latency ms over %d calls of %zu images: min %.3f median %.3f p90 %.3f p99 %.3f; %.1f images/s\n",
+                l["iterations"].get<int>(), l["images_per_call"].get<std::size_t>(), l["min"].get<double>(),
+                l["median"].get<double>(), l["p90"].get<double>(), l["p99"].get<double>(),
+                l["images_per_s"].get<double>());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  if (const int status = parse_args(argc, argv, args); status != 0) return status < 0 ? 0 : status;
   try {
     std::vector<Decoded> decoded;  // images first: a bad path fails before an engine is deserialized
+    for (const std::string& path : args.images) decoded.push_back(decode(path, args.options.max_pixels));
+    std::unique_ptr<retina::Detector> detector = retina::Detector::load(args.engine, args.options);
     std::vector<retina::ImageView> views;
-    for (std::size_t i = 1; i < positional.size(); ++i) decoded.push_back(decode(positional[i], options.max_pixels));
-    std::unique_ptr<retina::Detector> detector = retina::Detector::load(positional[0], options);
     for (const Decoded& d : decoded) {
       views.push_back({d.pixels.get(), d.width, d.height, static_cast<std::size_t>(d.width) * 3, retina::ChannelOrder::kRGB});
     }
     const std::vector<retina::Detections> results = detector->detect(views);
-    nlohmann::json out = {{"engine", positional[0]}, {"backend", detector->describe()}, {"images", nlohmann::json::array()}};
+    nlohmann::json out = {{"engine", args.engine}, {"backend", detector->describe()}, {"images", nlohmann::json::array()}};
     for (std::size_t i = 0; i < results.size(); ++i) {
       nlohmann::json dets = nlohmann::json::array();
       for (const retina::Detection& d : results[i].items) {
         dets.push_back({{"box", d.box}, {"score", d.score}, {"class_id", d.class_id}, {"class_name", d.class_name}});
       }
-      out["images"].push_back({{"image", positional[i + 1]}, {"detections", dets}});
+      out["images"].push_back({{"image", args.images[i]}, {"detections", dets}});
     }
-    if (iterations > 0) {
-      for (int i = 0; i < warmup; ++i) detector->detect(views);
-      std::vector<double> ms;
-      for (int i = 0; i < iterations; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        detector->detect(views);
-        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      }
-      const double median = percentile(ms, 0.5);
-      out["latency_ms"] = {{"min", *std::min_element(ms.begin(), ms.end())}, {"median", median},
-                           {"p90", percentile(ms, 0.9)}, {"p99", percentile(ms, 0.99)},
-                           {"iterations", iterations}, {"images_per_call", views.size()}};
-      out["images_per_s"] = 1000.0 * static_cast<double>(views.size()) / median;
-    }
-    if (as_json) {
-      std::cout << out.dump(2) << "\n";
-      return 0;
-    }
-    for (const auto& image : out["images"]) {
-      std::cout << image["image"].get<std::string>() << ": " << image["detections"].size() << " detections\n";
-      for (const auto& d : image["detections"]) std::cout << "  " << d.dump() << "\n";
-    }
-    if (out.contains("latency_ms")) {
-      const auto& l = out["latency_ms"];
-      std::printf("latency ms over %d calls of %zu images: min %.3f median %.3f p90 %.3f p99 %.3f; %.1f images/s\n",
-                  iterations, views.size(), l["min"].get<double>(), l["median"].get<double>(), l["p90"].get<double>(),
-                  l["p99"].get<double>(), out["images_per_s"].get<double>());
+    if (args.iterations > 0) out["latency_ms"] = time_detect(*detector, views, args);
+    if (args.json) {
+      std::printf("%s\n", out.dump(2).c_str());
+    } else {
+      print_text(out);
     }
     return 0;
   } catch (const std::exception& e) {
