@@ -15,4 +15,4 @@ SUDO=()
 [ "$(id -u)" -ne 0 ] && SUDO=(sudo)
 echo "runtime/cpp: installing ${missing[*]}"
 "${SUDO[@]}" apt-get update -q
-DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
