@@ -80,8 +80,8 @@ std::size_t element_size(nvinfer1::DataType t) {
 class TensorRTBackend : public Backend {
  public:
   TensorRTBackend(const std::vector<char>& engine, const EngineManifest& manifest, const Options& options)
-      : spec_(manifest.spec), cuda_graphs_(options.cuda_graphs) {
-    check_cuda(cudaSetDevice(options.device), "cudaSetDevice");
+      : spec_(manifest.spec), device_(options.device), cuda_graphs_(options.cuda_graphs) {
+    check_cuda(cudaSetDevice(device_), "cudaSetDevice");
     runtime_.reset(nvinfer1::createInferRuntime(logger()));
     if (!runtime_) throw Error(ErrorCode::kUnavailable, "TensorRT could not create a runtime");
     engine_.reset(runtime_->deserializeCudaEngine(engine.data(), engine.size()));
@@ -91,11 +91,12 @@ class TensorRTBackend : public Backend {
     }
     context_.reset(engine_->createExecutionContext());
     if (!context_) throw Error(ErrorCode::kBackend, "TensorRT could not create an execution context");
-    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     bind_tensors();
+    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");  // last: no leak
   }
 
   ~TensorRTBackend() override {
+    cudaSetDevice(device_);
     for (auto& [batch, exec] : graphs_) cudaGraphExecDestroy(exec);
     context_.reset();
     engine_.reset();
@@ -107,6 +108,7 @@ class TensorRTBackend : public Backend {
     if (batch < spec_.batch_range[0] || batch > spec_.batch_range[2]) {
       throw Error(ErrorCode::kInvalidArgument, "batch " + std::to_string(batch) + " outside the engine's profile");
     }
+    check_cuda(cudaSetDevice(device_), "cudaSetDevice");  // the current device is per thread (batching worker)
     const int H = spec_.input_size[0], W = spec_.input_size[1];
     const std::size_t input_bytes = static_cast<std::size_t>(batch) * 3 * H * W * sizeof(float);
     std::memcpy(input_.host, input, input_bytes);
@@ -135,9 +137,7 @@ class TensorRTBackend : public Backend {
 
   std::string describe() const override {
     cudaDeviceProp prop{};
-    int device = 0;
-    cudaGetDevice(&device);
-    cudaGetDeviceProperties(&prop, device);
+    cudaGetDeviceProperties(&prop, device_);
     return std::string(RETINA_TRT_FLAVOUR) + " " + library_release() + " on " + prop.name +
            (cuda_graphs_ ? " (CUDA graphs)" : "");
   }
@@ -209,6 +209,7 @@ class TensorRTBackend : public Backend {
   }
 
   ModelSpec spec_;
+  int device_;
   bool cuda_graphs_;
   std::unique_ptr<nvinfer1::IRuntime> runtime_;
   std::unique_ptr<nvinfer1::ICudaEngine> engine_;
