@@ -33,7 +33,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:
         raise _naming(e, path) from e
     try:
+        mode = tmp_path.stat().st_mode & 0o777  # 0666 less the umask: what the writer below may not keep
         yield tmp_path
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     except OSError as e:
         raise _naming(e, path) from e

@@ -10,6 +10,7 @@ runs the backend and maps boxes back. The queue is bounded: a full queue rejects
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import threading
@@ -40,6 +41,7 @@ class BatcherClosedError(BatcherError):
     """The batcher is closed: new requests are refused, and with ``close(drain=False)`` pending ones fail."""
 
 
+log = logging.getLogger(__name__)
 _MAX_SECONDS = 86400.0
 
 
@@ -161,6 +163,8 @@ class BatchingDetector:
                 if batch is None:
                     break
                 self._run(batch)
+        except Exception:  # noqa: BLE001 - logged; the requests fail below instead of waiting forever
+            log.exception("the batching worker stopped; pending and new requests fail with BatcherClosedError")
         finally:
             # Closed with drain=False, or the worker itself failed: refuse new requests and fail what is
             # left, so that no accepted request waits forever.

@@ -105,7 +105,7 @@ def check_input_size(height: int, width: int) -> None:
     """Raise ConfigError unless both sides are positive multiples of 128 up to MAX_INPUT_SIDE, naming valid sizes."""
     for name, v in (("height", height), ("width", width)):
         if v > MAX_INPUT_SIDE:
-            raise ConfigError(f"input {name} {v} exceeds {MAX_INPUT_SIDE} pixels")
+            raise ConfigError(f"input size: {name} {v} exceeds {MAX_INPUT_SIDE} pixels")
         if v < SIZE_MULTIPLE or v % SIZE_MULTIPLE:
             lo = max(SIZE_MULTIPLE, v // SIZE_MULTIPLE * SIZE_MULTIPLE)
             hi = lo + SIZE_MULTIPLE if lo <= v else lo

@@ -77,7 +77,7 @@ def test_full_disk_is_one_line_naming_the_users_path_and_keeps_the_old_file(work
     shell = (
         f"mount -t tmpfs -o size=3m tmpfs {disk} && printf old > {disk}/old.onnx"
         f" && head -c 2900000 /dev/zero > {disk}/filler && cd {workspace} && {PYTHON} {script} {workspace} {disk}"
-        f" && cat {disk}/old.onnx && ls -a {disk}"
+        f" && cat {disk}/old.onnx && echo && ls -a {disk}"
     )
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
