@@ -98,6 +98,12 @@ def add_train_arguments(p) -> None:
     o.add_argument("--schedule", choices=["cosine", "step"], help=f"(default: {d['schedule'].default})")
     o.add_argument("--grad-clip", type=float, help=f"max gradient norm (default: {d['grad_clip'].default})")
     o.add_argument(
+        "--ema-decay",
+        type=float,
+        help="evaluate and save an exponential moving average of the weights with this decay, e.g. 0.998"
+        " (default: none)",
+    )
+    o.add_argument(
         "--amp",
         choices=["auto", "none", "bf16", "fp16"],
         help=f"mixed precision; auto = bf16 where native (default: {d['amp'].default})",

@@ -40,6 +40,9 @@ class TrainConfig:
     warmup_iters: linear warmup from lr * 0.001, clamped to a third of the run.
     schedule: "cosine", or "step" (x0.1 at 2/3 and 8/9 of the run).
     grad_clip: max global gradient L2 norm, None for no clipping (10 only clips loss spikes).
+    ema_decay: keep an exponential moving average of the weights with this decay (ramped up over the
+        first updates, see ``training.ema``), None for none. With it, validation, best/ and last/ use the
+        averaged weights (the raw weights' AP is logged too) and train_state.pt holds both.
     amp: "auto" (bf16 where native, fp16 on older GPUs, else float32), "none", "bf16", "fp16" (CUDA).
     workers: DataLoader worker processes per training process.
     seed: model init, batch order and augmentation.
@@ -73,6 +76,7 @@ class TrainConfig:
     warmup_iters: int = 500
     schedule: str = "cosine"
     grad_clip: float | None = 10.0
+    ema_decay: float | None = None
     amp: str = "auto"
     workers: int = 2
     seed: int = 0
@@ -153,6 +157,10 @@ def _validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ConfigError(f"{name} must be a number > 0 or None, got {value!r}")
+    if cfg.ema_decay is not None and not (
+        isinstance(cfg.ema_decay, (int, float)) and not isinstance(cfg.ema_decay, bool) and 0.0 < cfg.ema_decay < 1.0
+    ):
+        raise ConfigError(f"ema_decay must be a number in (0, 1) or None, got {cfg.ema_decay!r}")
     if cfg.weight_decay is not None and not cfg.weight_decay >= 0:
         raise ConfigError(f"weight_decay must be >= 0, got {cfg.weight_decay!r}")
     if not 0.0 <= cfg.momentum < 1.0:

@@ -35,6 +35,7 @@ from retina_deploy.predict import TorchPredictor, evaluate_predictor
 from retina_deploy.runtime.preprocess import PreprocessConfig
 from retina_deploy.training import distributed, run_files
 from retina_deploy.training.config import PATH_FIELDS, RESUME_OVERRIDABLE, TrainConfig
+from retina_deploy.training.ema import ModelEMA
 from retina_deploy.training.loop import (
     MetricsLog,
     StepOptions,
@@ -141,6 +142,7 @@ class _Run:
         )
         amp_dtype = resolve_amp(cfg.amp, self.device)
         scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
+        self.ema = None if cfg.ema_decay is None else ModelEMA(self.model, cfg.ema_decay)
         self.step_opts = StepOptions(self.device, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip, scaler=scaler)
 
     def _config_record(self) -> dict[str, Any]:
@@ -186,6 +188,8 @@ class _Run:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])  # the config check above guarantees the run kept one
         if self.step_opts.scaler.is_enabled() and state["scaler"]:
             self.step_opts.scaler.load_state_dict(state["scaler"])
         self.progress = TrainProgress(**state["progress"])
@@ -262,6 +266,8 @@ class _Run:
 
         def after_step(p: TrainProgress) -> bool:
             nonlocal killed
+            if self.ema is not None:
+                self.ema.update(self.model)
             elapsed[0] = self._agreed_elapsed(self.elapsed_s + time.perf_counter() - session_start)
             if stop_after_iters is not None and p.iteration >= stop_after_iters:
                 killed = True  # as if killed right after this step: no checkpoint of this iteration
@@ -323,16 +329,36 @@ class _Run:
 
     # -- validation and checkpoints -----------------------------------------------------------
 
+    @property
+    def saved_model(self) -> torch.nn.Module:
+        """The weights a run evaluates and saves: the moving average with ``ema_decay``, else the trained ones."""
+        return self.model if self.ema is None else self.ema.module
+
+    def _evaluate(self, model: torch.nn.Module) -> dict[str, float | None]:
+        predictor = TorchPredictor(model, self.train_coco.class_names, self.preprocess, self.device)
+        try:  # the code that scores checkpoints, ONNX files and engines
+            metrics, _ = evaluate_predictor(predictor, self.val_coco, batch_size=self.cfg.batch_size)
+        finally:
+            self.model.train()
+            if self.ema is not None:
+                self.ema.module.eval()
+        return metrics
+
     def _validate(self, epoch: int) -> None:
-        """Rank 0, after (part of) ``epoch``: COCO AP on the val set, a "val" metrics row, best/ if AP improved."""
+        """Rank 0, after (part of) ``epoch``: COCO AP on the val set, a "val" metrics row, best/ if AP improved.
+
+        With ``ema_decay`` the "val" row scores the averaged weights and a "val_raw" row the trained ones.
+        """
         if self.val_coco is None:
             return
         if self.dist.is_main:
-            predictor = TorchPredictor(self.model, self.train_coco.class_names, self.preprocess, self.device)
-            try:  # the code that scores checkpoints, ONNX files and engines
-                metrics, _ = evaluate_predictor(predictor, self.val_coco, batch_size=self.cfg.batch_size)
-            finally:
-                self.model.train()
+            if self.ema is not None:
+                raw = self._evaluate(self.model)
+                log.info("raw weights at iteration %d: AP %s, AP50 %s", self.progress.iteration, raw["AP"], raw["AP50"])
+                self.metrics.write(
+                    kind="val_raw", epoch=epoch, iteration=self.progress.iteration, AP=raw["AP"], AP50=raw["AP50"]
+                )
+            metrics = self._evaluate(self.saved_model)
             self.last_metrics = metrics
             ap = metrics["AP"] if metrics["AP"] is not None else 0.0
             log.info("validation at iteration %d: AP %.4f, AP50 %s", self.progress.iteration, ap, metrics["AP50"])
@@ -349,7 +375,7 @@ class _Run:
             "metrics": self.last_metrics,
         }
         save_checkpoint(
-            self.model,
+            self.saved_model,
             self.run_dir / name,
             class_names=self.train_coco.class_names,
             preprocess=self.preprocess,
@@ -365,6 +391,7 @@ class _Run:
         state = {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "schedule": self.schedule.to_dict(),
             "world_size": self.dist.world_size,

@@ -1,0 +1,201 @@
+"""Train torchvision's RetinaNet on our data for the same number of images as our recipe, and score it as ours.
+
+The model: ``torchvision.models.detection.RetinaNet`` with a ResNet-{depth} FPN backbone built from scratch
+(``weights=None``: nothing is downloaded): P3-P5 from C3-C5 plus P6/P7 from C5 (``LastLevelP6P7``), the
+same FPN width, anchors (3 scales x 3 ratios per level) and GroupNorm head as the recipe it is compared with,
+and torchvision's own losses (sigmoid focal loss + L1 box loss, both over foreground anchors). Its transform
+is told min_size = max_size = the input size and mean 0 / std 1, so it neither resizes nor normalises: both
+models see the same tensors.
+
+The training is ours, so that only the model and its losses differ: ``DetectionDataset`` (hflip, batch order
+and augmentation from the seed), AdamW without decay on biases and norms, linear warm-up and a cosine
+schedule ending at the run's length, gradient clipping at 10, and (with ``--ema-decay``) the same moving
+average. Validation uses ``predict.evaluate_predictor``, the COCO evaluation of ``retina-deploy eval``,
+every ``--val-every`` iterations and at the end; with an average both the averaged and the trained
+weights are scored.
+
+    python benchmarks/torchvision_same_budget.py --images train/images --annotations train/annotations.json \\
+        --val-images val/images --val-annotations val/annotations.json --iters 1250 --json tv.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from retina_deploy.config import BACKBONE_CHANNELS
+from retina_deploy.data.coco import load_coco
+from retina_deploy.data.dataset import DetectionDataset, collate_detections
+from retina_deploy.predict import TorchPredictor, evaluate_predictor
+from retina_deploy.runtime.preprocess import PreprocessConfig
+from retina_deploy.training.distributed import BatchList, epoch_batches
+from retina_deploy.training.ema import ModelEMA
+from retina_deploy.training.optim import LRSchedule, build_optimizer, clamp_warmup, set_lr
+
+ANCHOR_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+
+def torchvision_retinanet(
+    backbone: str, num_classes: int, size: int, *, fpn_channels: int, anchor_sizes: tuple[int, ...]
+) -> TorchvisionRetinaNet:
+    """torchvision's RetinaNet, random init, ResNet ``backbone`` with trainable BatchNorm, GroupNorm(32) head."""
+    body = getattr(resnet, backbone)(weights=None, norm_layer=nn.BatchNorm2d)
+    c3, c4, c5 = BACKBONE_CHANNELS[backbone][-3:]
+    fpn = BackboneWithFPN(
+        body,
+        return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
+        in_channels_list=[c3, c4, c5],
+        out_channels=fpn_channels,
+        extra_blocks=LastLevelP6P7(c5, fpn_channels),  # P6 from C5, as in the paper and our model
+    )
+    anchors = AnchorGenerator(
+        sizes=tuple(tuple(s * k for k in ANCHOR_SCALES) for s in anchor_sizes),
+        aspect_ratios=(ASPECT_RATIOS,) * len(anchor_sizes),
+    )
+    head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes, partial(nn.GroupNorm, 32))
+    return TorchvisionRetinaNet(
+        fpn,
+        num_classes,
+        min_size=size,
+        max_size=size,
+        image_mean=[0.0] * 3,
+        image_std=[1.0] * 3,
+        anchor_generator=anchors,
+        head=head,
+    )
+
+
+class BatchedInput(nn.Module):
+    """torchvision's model behind our models' inference call: images [B, 3, H, W] -> list of dicts."""
+
+    def __init__(self, model: TorchvisionRetinaNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return self.model(list(images))
+
+
+def evaluate(model: TorchvisionRetinaNet, class_names, preprocess: PreprocessConfig, val_coco) -> dict:
+    was_training = model.training
+    predictor = TorchPredictor(BatchedInput(model), class_names, preprocess, "cpu")
+    try:
+        metrics, _ = evaluate_predictor(predictor, val_coco, batch_size=4)
+    finally:
+        model.train(was_training)
+    return {"AP": metrics["AP"], "AP50": metrics["AP50"]}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--annotations", type=Path, required=True)
+    p.add_argument("--val-images", type=Path, required=True)
+    p.add_argument("--val-annotations", type=Path, required=True)
+    p.add_argument("--backbone", default="resnet18", help="default: %(default)s")
+    p.add_argument("--size", type=int, default=256, help="square input side, multiple of 128; default: %(default)s")
+    p.add_argument("--fpn-channels", type=int, default=64, help="default: %(default)s")
+    p.add_argument("--anchor-sizes", type=int, nargs=5, default=[16, 32, 64, 128, 256], help="default: 16 .. 256")
+    p.add_argument("--batch-size", type=int, default=4, help="default: %(default)s")
+    p.add_argument("--iters", type=int, default=1250, help="run length; default: %(default)s (5,000 images)")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak lr; default: %(default)s")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="default: %(default)s")
+    p.add_argument("--warmup-iters", type=int, default=50, help="default: %(default)s")
+    p.add_argument("--grad-clip", type=float, default=10.0, help="default: %(default)s")
+    p.add_argument("--ema-decay", type=float, default=None, help="also average the weights (default: none)")
+    p.add_argument("--hflip", type=float, default=0.5, help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--val-every", type=int, default=400, help="iterations between validations; default: %(default)s")
+    p.add_argument("--json", type=Path, default=None, help="write the curve here (rewritten after each validation)")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train for ``args.iters`` iterations, validating along the way; the record of the run."""
+    preprocess = PreprocessConfig(size=(args.size, args.size))
+    train_coco = load_coco(args.images, args.annotations)
+    val_coco = load_coco(args.val_images, args.val_annotations)
+    dataset = DetectionDataset(train_coco, preprocess, train=True, hflip_prob=args.hflip, seed=args.seed)
+    torch.manual_seed(args.seed)
+    model = torchvision_retinanet(
+        args.backbone,
+        train_coco.num_classes,
+        args.size,
+        fpn_channels=args.fpn_channels,
+        anchor_sizes=tuple(args.anchor_sizes),
+    ).train()
+    optimizer = build_optimizer(model, name="adamw", lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    schedule = LRSchedule(args.lr, "cosine", args.iters, clamp_warmup(args.warmup_iters, args.iters))
+    ema = None if args.ema_decay is None else ModelEMA(model, args.ema_decay)
+    record = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "env": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        },
+        "curve": [],
+    }
+    iteration, epoch, start = 0, 0, time.perf_counter()
+    while iteration < args.iters:
+        dataset.set_epoch(epoch)
+        batches = epoch_batches(len(dataset), batch_size=args.batch_size, seed=args.seed, epoch=epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=BatchList(batches), collate_fn=collate_detections, generator=torch.Generator()
+        )
+        for images, targets in loader:
+            set_lr(optimizer, schedule.lr(iteration))
+            tv_targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+            losses = model(list(images), tv_targets)
+            total = losses["classification"] + losses["bbox_regression"]
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+            iteration += 1
+            if ema is not None:
+                ema.update(model)
+            if iteration % 50 == 0:
+                print(
+                    f"iteration {iteration}: loss {total.item():.4f} ({time.perf_counter() - start:.0f} s)", flush=True
+                )
+            if iteration % args.val_every == 0 or iteration == args.iters:
+                point = {"iteration": iteration, "images_seen": iteration * args.batch_size}
+                point["raw"] = evaluate(model, train_coco.class_names, preprocess, val_coco)
+                if ema is not None:
+                    point["ema"] = evaluate(ema.module, train_coco.class_names, preprocess, val_coco)
+                point["seconds"] = round(time.perf_counter() - start, 1)
+                record["curve"].append(point)
+                print(json.dumps(point), flush=True)
+                if args.json is not None:
+                    args.json.write_text(json.dumps(record, indent=2) + "\n")
+            if iteration >= args.iters:
+                break
+        epoch += 1
+    return record
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
