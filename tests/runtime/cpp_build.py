@@ -38,7 +38,9 @@ def configure(name: str, args: tuple[str, ...] = ()) -> tuple[Path, str]:
 
 def build_target(target: str, name: str = "release", args: tuple[str, ...] = ()) -> Path:
     """Configure (once) and build ``target``; returns the executable's path."""
-    build, _ = configure(name, args)
+    build, log = configure(name, args)
+    if target == "retina_infer" and "retina_infer not built" in log:
+        pytest.skip("retina_infer is not built here (stb not found; `make cpp-deps` installs it)")
     done = subprocess.run(
         ["cmake", "--build", str(build), "--target", target, "-j", "2"], capture_output=True, text=True, check=False
     )
