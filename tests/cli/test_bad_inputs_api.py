@@ -210,7 +210,9 @@ API_CALLS = {
         "not empty",
     ),
     "make_shapes_huge": (
-        lambda ws: __import__("retina_deploy.data.shapes", fromlist=["x"]).make_shapes(ws / "s", num_images=2, size=100_000),
+        lambda ws: __import__("retina_deploy.data.shapes", fromlist=["x"]).make_shapes(
+            ws / "s", num_images=2, size=100_000
+        ),
         "size",
     ),
     "make_shapes_into_data": (

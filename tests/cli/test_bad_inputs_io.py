@@ -42,10 +42,10 @@ FULL_DISK_SCRIPT = textwrap.dedent(
              "--backbone", "resnet18", "--backbone-norm", "bn", "--size", "128", "128", "--fpn-channels", "64",
              "--head-norm", "groupnorm", "--iters", "1", "--batch-size", "4", "--workers", "0"]
     commands = {
-        "make-shapes": ["make-shapes", str(disk / "shapes"), "--num-images", "64", "--size", "512"],
+        "make-shapes": ["make-shapes", str(disk / "shapes"), "--num-images", "4", "--size", "512"],
         "export-onnx": ["export-onnx", str(ws / "run2/last"), str(disk / "old.onnx")],
         "train": [*train, "--out", str(disk / "R")],
-        "predict": ["predict", str(ws / "m.onnx"), *images * 8, "--out", str(disk / "p")],
+        "predict": ["predict", str(ws / "m.onnx"), *images * 2, "--out", str(disk / "p")],
     }
     results = {}
     for name, argv in commands.items():
