@@ -67,24 +67,22 @@ def add_bench(sub) -> argparse.ArgumentParser:
     p = add_verb(sub, "bench", HELP, run_bench_cli)
     p.set_defaults(duration_s_given=False)
     p.add_argument("models", type=Path, nargs="+", metavar="MODEL", help="checkpoint folder, .onnx or .engine file")
-    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], metavar="B", help="batch sizes")
     p.add_argument("--warmup-s", type=float, default=2.0, help="untimed seconds per model and batch")
-    p.add_argument(
-        "--duration-s", type=float, default=10.0, action=_DurationAction, help="timed seconds per batch"
-    )
+    p.add_argument("--duration-s", type=float, default=10.0, action=_DurationAction, help="timed seconds per batch")
     p.add_argument("--iterations", type=int, help="timed iterations per batch, instead of --duration-s")
     p.add_argument(
         "--backend",
         nargs="+",
         default=["auto"],
         choices=["auto", "torch", "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt", "tensorrt-rtx"],
-        help="backends to compare; each model runs with those that fit it (auto: torch for checkpoints, ONNX "
-        "Runtime for .onnx on --device, the manifest's TensorRT for .engine)",
+        metavar="NAME",
+        help="backends to compare: auto, torch, ort-cpu, ort-cuda, ort-tensorrt, tensorrt, tensorrt-rtx; each model "
+        "runs with those that fit it (auto: torch for checkpoints, ONNX Runtime for .onnx on --device, the manifest's "
+        "TensorRT for .engine)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument(
-        "--threads", type=int, help="intra-op threads of ONNX Runtime and PyTorch (default: theirs)"
-    )
+    p.add_argument("--threads", type=int, help="intra-op threads of ONNX Runtime and PyTorch (default: theirs)")
     p.add_argument("--images", type=Path, help="folder of JPEG/PNG/BMP images (default: synthetic images)")
     p.add_argument("--num-images", type=int, default=16, help="images cycled through")
     p.add_argument("--torch-compile", action="store_true", help="also run checkpoints through torch.compile")
