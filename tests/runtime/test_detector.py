@@ -171,7 +171,8 @@ def test_load_predictor_uses_the_detector_for_onnx(tmp_path):
     records, errors = predict_files(predictor, [img_path, tmp_path / "bad.jpg"], tmp_path / "out")
     assert len(errors) == 1 and "bad.jpg" in errors[0]
     assert (tmp_path / "out" / "a.png").is_file()
-    assert records[-1]["detections"] and records[-1]["width"] == 300
+    assert records[0]["detections"] and records[0]["width"] == 300  # records follow the input order
+    assert "error" in records[1]
     with pytest.raises(ConfigError, match="device"):
         load_predictor(exported("onnx"), device="gpu7")
 
