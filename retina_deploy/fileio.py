@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(path)
+        remove_stale_temporaries(path)
         tmp_path = _create_temporary(path)
     except OSError as e:
         raise _naming(e, path) from e
@@ -54,8 +55,21 @@ def _create_temporary(path: Path) -> Path:
             continue
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete ``.<name>.<pid>.<hex>.tmp`` siblings whose writer process no longer exists."""
+def temporary_sibling_dir(path: str | os.PathLike) -> Path:
+    """Create and return an empty folder ``.<name>.<pid>.<hex>.tmp`` next to ``path`` (to be renamed onto it)."""
+    path = Path(path)
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Delete ``.<name>.<pid>.<hex>.tmp`` siblings of ``path`` (files or folders) whose writer no longer exists."""
+    path = Path(path)
     prefix = f".{path.name}."
     try:
         siblings = list(os.scandir(path.parent))
@@ -69,7 +83,10 @@ def _remove_stale_temporaries(path: Path) -> None:
         if not (pid.isdigit() and len(rest) == 8) or _process_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
-            os.unlink(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
 
 
 def _process_alive(pid: int) -> bool:

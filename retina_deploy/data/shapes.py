@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from retina_deploy.errors import ConfigError
+from retina_deploy.fileio import remove_stale_temporaries, temporary_sibling_dir
 
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ring")
 IMAGES_DIRNAME = "images"
@@ -66,7 +67,8 @@ def make_shapes(
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir} exists and is not empty; remove it, choose another folder, or overwrite")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    remove_stale_temporaries(out_dir)  # a killed earlier run's half-written folder
+    tmp = temporary_sibling_dir(out_dir)
     try:
         _write_dataset(tmp, num_images=num_images, size=size, seed=seed, max_objects=max_objects)
         _replace_dir(tmp, out_dir)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,28 @@ def test_kill_during_write_keeps_the_old_file_and_the_next_write_cleans_up(tmp_p
     assert target.read_bytes() == b"next"
     assert list(tmp_path.glob("*.tmp")) == [] and list(tmp_path.glob(".*.tmp")) == []
     assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_make_shapes_killed_while_replacing_keeps_the_old_dataset(workspace, capsys):
+    before = fingerprint(workspace / "data")
+    argv = ["make-shapes", "data", "--num-images", "400", "--size", "256", "--overwrite"]
+    proc = subprocess.Popen([PYTHON, "-m", "retina_deploy.cli", *argv], cwd=workspace, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            partial = list(workspace.glob(".data.*.tmp/images/*.png"))
+            if len(partial) >= 2:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL  # killed half-way through the images
+    assert fingerprint(workspace / "data") == before
+    assert len(list(workspace.glob(".data.*.tmp"))) == 1  # the killed run's folder
+    rc, _, err = run_cli(capsys, ["make-shapes", "data", "--num-images", "2", "--size", "64", "--overwrite"])
+    assert rc == 0, err
+    assert list(workspace.glob(".data.*")) == []  # removed by the next write
 
 
 def test_a_live_writers_temporary_is_left_alone(tmp_path):
