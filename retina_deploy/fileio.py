@@ -135,7 +135,8 @@ def _is_checkpoint_dir(folder: Path) -> bool:
 def check_output_file(
     out: str | os.PathLike, *, inputs: tuple[str | os.PathLike | None, ...] = (), flag: str = "OUT"
 ) -> Path:
-    """Refuse an output file that is one of ``inputs``, lies in an input folder, is a folder, or is a checkpoint's file.
+    """Refuse an output file that is one of ``inputs``, an existing file in an input folder, a folder, or a
+    checkpoint's config.json / model.safetensors.
 
     Called before anything is written; raises ConfigError naming ``flag`` and the path. Returns ``out``.
     """
@@ -151,7 +152,7 @@ def check_output_file(
             raise ConfigError(f"{flag} {out} would overwrite the input {given}; choose another path")
     if out.is_dir():
         raise ConfigError(f"{flag} {out} is a folder; give a file name")
-    if target.exists() and _is_checkpoint_dir(target.parent):
+    if target.name in ("config.json", "model.safetensors") and _is_checkpoint_dir(target.parent):
         raise ConfigError(f"{flag} {out} is a file of the checkpoint {out.parent}; choose another path")
     return out
 
