@@ -44,7 +44,7 @@ FULL_DISK_SCRIPT = textwrap.dedent(
              "--head-norm", "groupnorm", "--iters", "1", "--batch-size", "4", "--workers", "0"]
     commands = {
         "make-shapes": ["make-shapes", str(disk / "shapes"), "--num-images", "4", "--size", "512"],
-        "export-onnx": ["export-onnx", str(ws / "run2/last"), str(disk / "old.onnx")],
+        "export-onnx": ["export-onnx", str(ws / "run2/last"), str(disk / "old.onnx"), "--no-simplify"],
         "train": [*train, "--out", str(disk / "R")],
         "predict": ["predict", str(ws / "m.onnx"), *images * 2, "--out", str(disk / "p")],
     }
