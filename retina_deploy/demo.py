@@ -28,7 +28,10 @@ def _check_args(minutes: float, backbone: str, size: int) -> None:
         raise ConfigError(f"--minutes must be a number > 0, got {minutes!r}")
     if backbone not in BACKBONE_DEPTHS:
         raise ConfigError(f"--backbone {backbone!r} is not one of {sorted(BACKBONE_DEPTHS)}")
-    check_input_size(size, size)
+    try:
+        check_input_size(size, size)
+    except ConfigError as e:
+        raise ConfigError(f"--size {size}: {e}") from e
 
 
 def _prepare_out(out: Path) -> None:
