@@ -79,6 +79,12 @@ def add_train_arguments(p) -> None:
         f" (default: {' '.join(map(str, d['anchor_sizes'].default))}, for 512-800 px)",
     )
     m.add_argument(
+        "--focal-loss-alpha", type=float, help=f"positive-entry weight (default: {d['focal_loss_alpha'].default})"
+    )
+    m.add_argument(
+        "--focal-loss-gamma", type=float, help=f"focusing exponent (default: {d['focal_loss_gamma'].default})"
+    )
+    m.add_argument(
         "--size",
         type=int,
         nargs=2,

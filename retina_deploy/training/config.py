@@ -27,7 +27,8 @@ class TrainConfig:
     images, annotations: the training set (COCO instances JSON + image folder).
     out: the run folder; must be absent or empty (use ``for_resume`` to continue a run).
     val_images, val_annotations: optional validation set, evaluated (COCO AP) after every epoch.
-    backbone, backbone_norm, head_norm, box_loss, fpn_channels, anchor_sizes: the model (see
+    backbone, backbone_norm, head_norm, box_loss, fpn_channels, anchor_sizes, focal_loss_alpha,
+        focal_loss_gamma: the model (see
         ``ModelConfig``, which says when to choose which; "bn" becomes SyncBatchNorm across GPUs).
     backbone_weights: a local torchvision ImageNet ResNet file (.pth or .safetensors), or None (random).
     size: network input (H, W), multiples of 128.
@@ -64,6 +65,8 @@ class TrainConfig:
     box_loss: str = "l1"
     fpn_channels: int = 256
     anchor_sizes: tuple[int, ...] = ModelConfig.anchor_sizes
+    focal_loss_alpha: float = ModelConfig.focal_loss_alpha
+    focal_loss_gamma: float = ModelConfig.focal_loss_gamma
     size: tuple[int, int] = (512, 512)
     batch_size: int = 8
     epochs: int | None = None
@@ -113,6 +116,8 @@ class TrainConfig:
             box_loss=self.box_loss,
             fpn_channels=self.fpn_channels,
             anchor_sizes=self.anchor_sizes,
+            focal_loss_alpha=self.focal_loss_alpha,
+            focal_loss_gamma=self.focal_loss_gamma,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +162,10 @@ def _validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ConfigError(f"{name} must be a number > 0 or None, got {value!r}")
+    for name in ("focal_loss_alpha", "focal_loss_gamma"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
     if cfg.ema_decay is not None and not (
         isinstance(cfg.ema_decay, (int, float)) and not isinstance(cfg.ema_decay, bool) and 0.0 < cfg.ema_decay < 1.0
     ):

@@ -167,11 +167,9 @@ class _Run:
             return
         saved = run_files.read_run_config(self.run_dir)
         ignored = {*RESUME_OVERRIDABLE, "resume", "out"}
-        diffs = [
-            f"{k}: {saved['train'].get(k)!r} -> {v!r}"
-            for k, v in record["train"].items()
-            if k not in ignored and saved["train"].get(k) != v
-        ]
+        fields = TrainConfig.__dataclass_fields__  # a run saved before a field existed had its default
+        old = {k: saved["train"].get(k, fields[k].default) for k in record["train"]}
+        diffs = [f"{k}: {old[k]!r} -> {v!r}" for k, v in record["train"].items() if k not in ignored and old[k] != v]
         diffs += [f"{k} differs" for k in ("model", "class_names", "preprocess") if saved[k] != record[k]]
         if diffs:
             raise ConfigError(f"--resume {self.run_dir}: the config differs from the run's ({'; '.join(diffs)})")

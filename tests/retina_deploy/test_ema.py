@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -98,6 +99,19 @@ def test_config_refuses_bad_decay(shapes, tmp_path, bad):
         tiny_config(shapes, tmp_path / "run", iters=1, ema_decay=bad)
 
 
+@pytest.mark.parametrize("field", ["focal_loss_alpha", "focal_loss_gamma"])
+@pytest.mark.parametrize("bad", [math.nan, -0.1])
+def test_config_refuses_bad_focal_parameters(shapes, tmp_path, field, bad):
+    with pytest.raises(ConfigError, match=field):
+        tiny_config(shapes, tmp_path / "run", iters=1, **{field: bad})
+
+
+def test_focal_parameters_reach_the_model(shapes, tmp_path):
+    cfg = tiny_config(shapes, tmp_path / "run", iters=1, focal_loss_alpha=0.5, focal_loss_gamma=1.0)
+    model_cfg = cfg.model_config(num_classes=6)
+    assert (model_cfg.focal_loss_alpha, model_cfg.focal_loss_gamma) == (0.5, 1.0)
+
+
 def test_recipe_schedule_ends_at_zero():
     # The CPU recipe: 1,250 iterations (5,000 images at batch 4), 50 warm-up, cosine to 0 at the run's end.
     schedule = LRSchedule(2e-3, "cosine", total_iters=1250, warmup_iters=clamp_warmup(50, 1250))
@@ -115,6 +129,10 @@ def test_resume_restores_the_average_exactly(shapes, tmp_path):
     killed = train(tiny_config(shapes, tmp_path / "killed", **cfg), stop_after_iters=5)
     state = torch.load(killed / "train_state.pt", weights_only=True)
     assert state["progress"]["iteration"] == 4 and state["ema"]["updates"] == 4
+    saved = json.loads((killed / "config.json").read_text())
+    for name in ("focal_loss_alpha", "focal_loss_gamma"):  # as a run saved before these fields existed
+        del saved["train"][name]
+    (killed / "config.json").write_text(json.dumps(saved))
     resumed = train(TrainConfig.for_resume(killed))
     a, b = load_file(full / "last" / "model.safetensors"), load_file(resumed / "last" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
