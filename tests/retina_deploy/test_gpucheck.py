@@ -15,7 +15,6 @@ import pytest
 
 from retina_deploy.gpucheck.check import PARTS, select_parts
 from retina_deploy.gpucheck.parity import match_detections
-from retina_deploy.gpucheck.peaks import fraction_of_peak, peak_tflops
 from retina_deploy.gpucheck.report import (
     Clock,
     Disagree,
@@ -27,6 +26,7 @@ from retina_deploy.gpucheck.report import (
     run_step,
 )
 from retina_deploy.runtime.detections import Detections
+from retina_deploy.runtime.peak import fraction_of_peak, peak_tflops
 
 
 def run_check(cwd, *args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
