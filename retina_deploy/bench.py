@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from retina_deploy.artifacts import model_kind
 from retina_deploy.errors import ConfigError, DatasetError, ModelFileError
+from retina_deploy.predict import gpu_index
 from retina_deploy.runtime import envinfo
 from retina_deploy.runtime.bench_report import SCHEMA, SCHEMA_VERSION
 from retina_deploy.runtime.bench_run import DetectorTarget, RunLength, measure
@@ -75,29 +77,6 @@ class BenchConfig:
             raise ConfigError(f"num_images must be >= 1, got {self.num_images}")
         if self.peak_tflops is not None and not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
             raise ConfigError(f"peak TFLOP/s must be a finite number > 0, got {self.peak_tflops}")
-
-
-def gpu_index(device: str) -> int | None:
-    """None for "cpu", N for "cuda:N" (0 for "cuda"); ConfigError otherwise."""
-    if device == "cpu":
-        return None
-    head, _, index = device.partition(":")
-    if head == "cuda" and (index == "" or index.isdigit()):
-        return int(index or 0)
-    raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-
-
-def model_kind(path: Path) -> str:
-    """ "checkpoint", "onnx" or "engine"; ModelFileError for anything else or a missing path."""
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such model file or checkpoint folder")
-    if path.suffix == ".onnx" and path.is_file():
-        return "onnx"
-    if path.suffix in (".engine", ".plan") and path.is_file():
-        return "engine"
-    if path.is_dir() and (path / "config.json").is_file():
-        return "checkpoint"
-    raise ModelFileError(f"{path}: not a model (expected a checkpoint folder, a .onnx file or a .engine file)")
 
 
 def check_device(device: str, kinds: Sequence[str]) -> None:

@@ -27,9 +27,9 @@ def _check_batch_size(value: int) -> None:
 
 
 def _check_device(device: str) -> None:
-    from retina_deploy.predict import check_device
+    from retina_deploy.predict import gpu_index
 
-    check_device(device)
+    gpu_index(device)
 
 
 # -- make-shapes ---------------------------------------------------------------------------------

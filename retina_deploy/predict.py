@@ -43,7 +43,7 @@ class TorchPredictor:
         from retina_deploy.checkpoint import load_checkpoint
         from retina_deploy.errors import ConfigError
 
-        gpu = check_device(device)
+        gpu = gpu_index(device)
         if gpu is not None and not (torch.cuda.is_available() and gpu < torch.cuda.device_count()):
             raise ConfigError(f"device {device!r}: no such CUDA device here (checkpoints run on cpu or a CUDA GPU)")
         model, info = load_checkpoint(path, map_location=device)
@@ -79,7 +79,7 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu", backend: str
     backend: for ``.onnx`` / ``.engine`` files, a ``Detector.load`` backend name overriding the choice
         made from ``device`` (e.g. "ort-tensorrt", "tensorrt-rtx").
     """
-    gpu = check_device(device)
+    gpu = gpu_index(device)
     from retina_deploy.artifacts import model_kind
     from retina_deploy.runtime.detector import Detector
 
@@ -93,7 +93,7 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu", backend: str
     return Detector.load(path, backend=backend, device=gpu or 0)
 
 
-def check_device(device: str) -> int | None:
+def gpu_index(device: str) -> int | None:
     """None for "cpu", N for "cuda:N" (0 for "cuda"); ConfigError otherwise."""
     from retina_deploy.errors import ConfigError
 
