@@ -7,7 +7,6 @@ free-form ``extra`` (training progress, metrics). No pickle is ever loaded from 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from safetensors.torch import save_file
 from retina_deploy import __version__
 from retina_deploy.config import ModelConfig
 from retina_deploy.errors import CheckpointError, RetinaDeployError
-from retina_deploy.fileio import atomic_path, sha256_file, write_json_atomic
+from retina_deploy.fileio import atomic_path, read_format_json, sha256_file, write_json_atomic
 from retina_deploy.model.weights import load_state_dict_strict, read_state_dict
 from retina_deploy.runtime.preprocess import PreprocessConfig
 
@@ -119,14 +118,7 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     """Parse and validate ``config.json`` (no weights loaded)."""
     ckpt_dir = resolve_checkpoint_dir(path)
     cfg_path = ckpt_dir / CONFIG_NAME
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_path}: not a retina-deploy checkpoint config (format is not {FORMAT!r})")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{cfg_path}: format_version {raw.get('format_version')} is not {FORMAT_VERSION}")
+    raw = read_format_json(cfg_path, FORMAT, FORMAT_VERSION, "a retina-deploy checkpoint config", CheckpointError)
     known = {
         "format",
         "format_version",

@@ -115,6 +115,20 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def read_format_json(path: Path, fmt: str, version: int, what: str, error: type[Exception]) -> dict[str, Any]:
+    """The JSON object in ``path`` whose "format" is ``fmt`` and "format_version" ``version``; ``error``
+    (naming the file and ``what`` it should be) for invalid JSON, another format or another version."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict) or raw.get("format") != fmt:
+        raise error(f"{path}: not {what} (format is not {fmt!r})")
+    if raw.get("format_version") != version:
+        raise error(f"{path}: format_version {raw.get('format_version')!r} is not {version}")
+    return raw
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()

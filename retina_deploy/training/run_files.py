@@ -16,7 +16,6 @@ It holds only tensors, numbers, strings, lists and dicts, and is read with ``wei
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from retina_deploy.errors import CheckpointError, ConfigError
-from retina_deploy.fileio import atomic_path, write_json_atomic
+from retina_deploy.fileio import atomic_path, read_format_json, write_json_atomic
 
 RUN_FORMAT = "retina-deploy/run"
 STATE_FORMAT = "retina-deploy/train-state"
@@ -73,14 +72,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: not a training run folder ({CONFIG_NAME} is missing)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(raw, dict) or raw.get("format") != RUN_FORMAT:
-        raise ConfigError(f"{path}: not a training run config (format is not {RUN_FORMAT!r})")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{path}: format_version {raw.get('format_version')!r} is not {FORMAT_VERSION}")
+    raw = read_format_json(path, RUN_FORMAT, FORMAT_VERSION, "a training run config", ConfigError)
     if sorted(raw) != sorted(RUN_CONFIG_KEYS):
         raise ConfigError(f"{path}: keys {sorted(raw)} differ from {sorted(RUN_CONFIG_KEYS)}")
     return raw
