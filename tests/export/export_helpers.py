@@ -11,38 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from detection_compare import compare_detections
-from torch import nn
+from model_factory import make_detector
 
 from retina_deploy.checkpoint import save_checkpoint
 from retina_deploy.config import ModelConfig
-from retina_deploy.model import build_model
 from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
 
 SIZE = (128, 256)  # not square: a swapped H/W fails the tests
 BATCH = (1, 2, 4)
 # Settings shared by the PyTorch model (eval post-processing) and the export flags.
 DETECTOR = dict(num_classes=4, score_thresh=0.5, topk_candidates=200, detections_per_img=100, nms_thresh=0.5)
-
-
-def make_detector(cfg: ModelConfig, seed: int, size: tuple[int, int] = SIZE) -> nn.Module:
-    """A RetinaNet whose random head gives spread-out scores and moving boxes (see the module docstring)."""
-    torch.manual_seed(seed)
-    model = build_model(cfg).eval()
-    cls_head, reg_head = model.head.classification_head, model.head.regression_head
-    with torch.no_grad():
-        for tower in (cls_head.conv, reg_head.conv):
-            for m in tower.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight)
-        features = model.backbone(torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(seed)))
-        for tower, conv, std in ((cls_head.conv, cls_head.cls_logits, 1.5), (reg_head.conv, reg_head.bbox_reg, 0.2)):
-            out = torch.cat([(conv(tower(f)) - conv.bias[:, None, None]).flatten() for f in features])
-            conv.weight.mul_(std / out.std())
-        cls_head.cls_logits.bias.normal_(-2.0, 0.5)
-        reg_head.bbox_reg.bias.zero_()
-    return model
 
 
 def make_checkpoint(out_dir: Path, backbone: str = "resnet18", seed: int = 0, size=SIZE, **overrides) -> Path:

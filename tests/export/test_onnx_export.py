@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 from export_helpers import BATCH, SIZE, assert_same_detections, make_checkpoint, noise_images
+from model_factory import write_foreign_onnx
 
 from retina_deploy import __version__
 from retina_deploy.artifacts import read_onnx_metadata
@@ -207,13 +208,7 @@ def test_bad_checkpoints_raise_checkpoint_error(tmp_path):
 
 
 def test_foreign_onnx_metadata_raises_model_file_error(tmp_path):
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["x"], ["y"])],
-        "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
-    )
-    onnx.save(onnx.helper.make_model(graph), tmp_path / "foreign.onnx")
+    write_foreign_onnx(tmp_path / "foreign.onnx")
     with pytest.raises(ModelFileError, match="not a retina-deploy ONNX file"):
         read_onnx_metadata(tmp_path / "foreign.onnx")
     (tmp_path / "text.onnx").write_text("hello")

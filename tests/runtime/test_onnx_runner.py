@@ -16,6 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 from detection_compare import compare_detections
+from model_factory import write_foreign_onnx
 
 from retina_deploy.errors import ImageError, ModelFileError
 from retina_deploy.runtime.detector import Detector
@@ -32,28 +33,15 @@ def export_variants(out_dir):
 
     Not simplified: onnxslim is tested by the export tests, the runner does not depend on it.
     """
-    torch = pytest.importorskip("torch")
-    from torch import nn
+    pytest.importorskip("torch")
+    from model_factory import make_detector
 
     from retina_deploy.checkpoint import save_checkpoint
     from retina_deploy.config import ModelConfig
     from retina_deploy.export.onnx_export import ExportConfig, export_onnx
-    from retina_deploy.model import build_model
 
     cfg = ModelConfig(backbone="resnet18", num_classes=3, score_thresh=0.5, topk_candidates=150, detections_per_img=K)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    cls_head, reg_head = model.head.classification_head, model.head.regression_head
-    with torch.no_grad():
-        for tower in (cls_head.conv, reg_head.conv):
-            for m in tower.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight)
-        features = model.backbone(torch.randn(1, 3, *SIZE))
-        for tower, conv, std in ((cls_head.conv, cls_head.cls_logits, 1.5), (reg_head.conv, reg_head.bbox_reg, 0.2)):
-            out = torch.cat([(conv(tower(f)) - conv.bias[:, None, None]).flatten() for f in features])
-            conv.weight.mul_(std / out.std())
-        cls_head.cls_logits.bias.normal_(-2.0, 0.5)
+    model = make_detector(cfg, seed=0, size=SIZE)
     ckpt = save_checkpoint(model, out_dir / "ckpt", class_names=["a", "b", "c"], preprocess=PreprocessConfig(SIZE))
     return {
         nms: export_onnx(ckpt, out_dir / f"{nms}.onnx", ExportConfig(nms=nms, batch=(1, 1, MAX_BATCH), simplify=False))
@@ -134,13 +122,7 @@ def test_bad_files_raise_model_file_error(files, tmp_path):
     (tmp_path / "text.onnx").write_text("not onnx")
     with pytest.raises(ModelFileError):
         OnnxModel.load(tmp_path / "text.onnx")
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["x"], ["y"])],
-        "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
-    )
-    onnx.save(onnx.helper.make_model(graph), tmp_path / "foreign.onnx")
+    write_foreign_onnx(tmp_path / "foreign.onnx")
     with pytest.raises(ModelFileError, match="not a retina-deploy ONNX file"):
         OnnxModel.load(tmp_path / "foreign.onnx")
     model = onnx.load(files["none"])
