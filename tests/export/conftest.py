@@ -28,3 +28,17 @@ def r18_exports(tmp_path_factory, r18_checkpoint) -> dict[str, Any]:
         times[nms] = time.perf_counter() - start
     files["times"] = times
     return files
+
+
+@pytest.fixture(scope="session")
+def none_export(r18_exports) -> Path:
+    """The ``--nms none`` export (the variant TensorRT-RTX builds)."""
+    return r18_exports["none"]
+
+
+@pytest.fixture(scope="session")
+def calib_dir(tmp_path_factory) -> Path:
+    """Four 128-px make-shapes images for calibration."""
+    from retina_deploy.data.shapes import make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("calib") / "shapes", num_images=4, size=128, seed=2) / "images"

@@ -18,7 +18,6 @@ from retina_deploy.calib.int8 import CalibConfig
 from retina_deploy.calib.quantize import Int8Config
 from retina_deploy.errors import ConfigError, DatasetError, ModelFileError, RetinaDeployError
 from retina_deploy.export.engine_builder import EngineBuildConfig, build_engine
-from retina_deploy.export.onnx_export import ExportConfig, export_onnx
 from retina_deploy.export.trt_flavours import EngineBuildError
 from retina_deploy.runtime.manifest import manifest_path, sha256_file, verify_engine_file
 from retina_deploy.runtime.onnx_runner import OnnxModel
@@ -26,19 +25,6 @@ from retina_deploy.runtime.onnx_runner import OnnxModel
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13)")
 
 FAST = CalibConfig(method="percentile", num=4, batch=2)  # entropy: minutes of CPU per model
-
-
-@pytest.fixture(scope="module")
-def none_export(tmp_path_factory, r18_checkpoint):
-    out = tmp_path_factory.mktemp("r18_none") / "r18_none.onnx"
-    return export_onnx(r18_checkpoint, out, ExportConfig(nms="none", batch=BATCH))
-
-
-@pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory):
-    from retina_deploy.data.shapes import make_shapes
-
-    return make_shapes(tmp_path_factory.mktemp("calib") / "shapes", num_images=4, size=128, seed=2) / "images"
 
 
 def int8_config(calib_dir, **kw) -> EngineBuildConfig:

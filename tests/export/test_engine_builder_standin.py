@@ -25,7 +25,6 @@ from retina_deploy.calib.sampler import sample_calibration_images
 from retina_deploy.errors import ConfigError, RetinaDeployError
 from retina_deploy.export.engine_builder import EngineBuildConfig, build_engine
 from retina_deploy.export.engine_precision import network_precision
-from retina_deploy.export.onnx_export import ExportConfig, export_onnx
 from retina_deploy.export.trt_flavours import EngineBuildError
 from retina_deploy.runtime import cuda_mem
 from retina_deploy.runtime.manifest import manifest_path, sha256_file, verify_engine_file
@@ -63,19 +62,6 @@ def install(monkeypatch, version=TRT10, **kw):
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(cuda_mem, "import_cudart", lambda: cudart)
     return trt, cudart
-
-
-@pytest.fixture(scope="module")
-def none_export(tmp_path_factory, r18_checkpoint):
-    out = tmp_path_factory.mktemp("r18_none") / "r18_none.onnx"
-    return export_onnx(r18_checkpoint, out, ExportConfig(nms="none", batch=BATCH))
-
-
-@pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory):
-    from retina_deploy.data.shapes import make_shapes
-
-    return make_shapes(tmp_path_factory.mktemp("calib") / "shapes", num_images=4, size=128, seed=2) / "images"
 
 
 @pytest.fixture(scope="module")
