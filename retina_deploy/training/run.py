@@ -6,7 +6,7 @@ alone, never from where a run happened to stop; with ``max_minutes`` its progres
 iteration and elapsed-time fractions, so it completes by whichever end comes first.
 
 Resume (``TrainConfig.for_resume(RUN)``; the config lives in ``retina_deploy.training.config``): model,
-optimizer, loss scaler, epoch, batch within the epoch and torch RNG come back from
+optimizer, loss scaler, weight average, epoch, batch within the epoch and torch RNG come back from
 ``RUN/train_state.pt``; the batch order is a pure function of (seed, epoch) and augmentation of
 (seed, epoch, index), so the batches already done are skipped and the rest match an uninterrupted
 run exactly (on the CPU, bit for bit). With ``max_minutes`` the lr depends on timing: not reproducible.

@@ -5,7 +5,7 @@
     RUN/config.json      {"format": "retina-deploy/run", "train": TrainConfig, "model": ModelConfig,
                           "class_names": [...], "preprocess": PreprocessConfig}
     RUN/last/, RUN/best/ checkpoints (``retina_deploy.checkpoint``); best/ only with a validation set
-    RUN/train_state.pt   everything a resume needs (model, optimizer, progress, RNG), one atomic file
+    RUN/train_state.pt   everything a resume needs (model, optimizer, weight average, progress, RNG), one atomic file
     RUN/metrics.csv      per-iteration losses and lr, per-validation AP (``engine.MetricsLog``)
     RUN/train.log        the log of rank 0
 
