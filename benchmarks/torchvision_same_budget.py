@@ -2,7 +2,8 @@
 
 The model: ``torchvision.models.detection.RetinaNet`` with a ResNet-{depth} FPN backbone built from scratch
 (``weights=None``: nothing is downloaded): P3-P5 from C3-C5 plus P6/P7 from C5 (``LastLevelP6P7``), the
-same FPN width, anchors (3 scales x 3 ratios per level) and GroupNorm head as the recipe it is compared with,
+same FPN width, anchors (3 scales x 3 ratios per level; sizes s * 2^(k/3) unrounded, where ours truncate them
+to integers as torchvision's own builder does) and GroupNorm head as the recipe it is compared with,
 and torchvision's own losses (sigmoid focal loss + L1 box loss, both over foreground anchors). Its transform
 is told min_size = max_size = the input size and mean 0 / std 1, so it neither resizes nor normalises: both
 models see the same tensors.
