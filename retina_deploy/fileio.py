@@ -122,11 +122,16 @@ def read_format_json(path: Path, fmt: str, version: int, what: str, error: type[
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(raw, dict) or raw.get("format") != fmt:
+    return check_format(raw, path, fmt, version, what, error)
+
+
+def check_format(obj: Any, path: Path, fmt: str, version: int, what: str, error: type[Exception]) -> dict[str, Any]:
+    """``obj`` when it is a dict whose "format" is ``fmt`` and "format_version" ``version``; ``error`` otherwise."""
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
         raise error(f"{path}: not {what} (format is not {fmt!r})")
-    if raw.get("format_version") != version:
-        raise error(f"{path}: format_version {raw.get('format_version')!r} is not {version}")
-    return raw
+    if obj.get("format_version") != version:
+        raise error(f"{path}: format_version {obj.get('format_version')!r} is not {version}")
+    return obj
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,8 @@ FULL = Plan(
     },
 )
 
-QUICK = Plan(
+QUICK = replace(
+    FULL,
     train=(
         ("resnet18", (512, 512), 8, "bf16"),
         ("resnet18", (512, 512), 8, "fp16"),
@@ -115,17 +116,9 @@ QUICK = Plan(
     train_warmup=2,
     train_steps=4,
     resume=("resnet18", 128, 4, 2, 4, 2, 3, 64),
-    infer_backbone="resnet101",
-    infer_size=(800, 1344),
-    infer_batches=(1, 8),
-    infer_precisions=("fp32", "tf32", "fp16"),
     infer_iters=10,
-    infer_fpn=256,
     compile=(("fp16", 1),),
-    engine_backbone="resnet18",
     engine_size=(256, 256),
-    engine_batch=(1, 8, 8),
-    engine_precisions=("fp32", "fp16", "int8"),
     calib_num=8,
     engine_opt_level=1,
     images=4,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from retina_deploy.errors import CheckpointError, ConfigError
-from retina_deploy.fileio import atomic_path, read_format_json, write_json_atomic
+from retina_deploy.fileio import atomic_path, check_format, read_format_json, write_json_atomic
 
 RUN_FORMAT = "retina-deploy/run"
 STATE_FORMAT = "retina-deploy/train-state"
@@ -96,11 +96,7 @@ def load_train_state(run_dir: Path) -> dict[str, Any] | None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
         raise CheckpointError(f"{path}: unreadable train state ({type(e).__name__}: {str(e)[:160]})") from e
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path}: not a retina-deploy train state")
-    if state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {state.get('format_version')!r} is not {FORMAT_VERSION}")
-    return state
+    return check_format(state, path, STATE_FORMAT, FORMAT_VERSION, "a retina-deploy train state", CheckpointError)
 
 
 def attach_run_log(run_dir: Path) -> Callable[[], None]:
