@@ -21,8 +21,8 @@ import numpy as np
 
 from retina_deploy.artifacts import model_kind
 from retina_deploy.errors import ConfigError, DatasetError, ModelFileError
-from retina_deploy.predict import gpu_index
 from retina_deploy.runtime import envinfo
+from retina_deploy.runtime.backends import gpu_index
 from retina_deploy.runtime.bench_report import SCHEMA, SCHEMA_VERSION
 from retina_deploy.runtime.bench_run import DetectorTarget, RunLength, measure
 from retina_deploy.runtime.bench_stats import Stopwatch

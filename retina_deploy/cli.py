@@ -27,7 +27,7 @@ def _check_batch_size(value: int) -> None:
 
 
 def _check_device(device: str) -> None:
-    from retina_deploy.predict import gpu_index
+    from retina_deploy.runtime.backends import gpu_index
 
     gpu_index(device)
 

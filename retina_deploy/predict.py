@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from retina_deploy.errors import DatasetError
+from retina_deploy.runtime.backends import backend_for_device, gpu_index
 from retina_deploy.runtime.detections import Detections, make_detections
 from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
 
@@ -88,25 +89,7 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu", backend: str
     kind = model_kind(path)
     if kind == "checkpoint":
         return TorchPredictor.from_checkpoint(path, device)
-    if backend == "auto" and kind == "onnx":
-        backend = "ort-cpu" if gpu is None else "ort-cuda"
-    return Detector.load(path, backend=backend, device=gpu or 0)
-
-
-def gpu_index(device: str) -> int | None:
-    """None for "cpu", N for "cuda:N" (0 for "cuda"); ConfigError otherwise."""
-    from retina_deploy.errors import ConfigError
-
-    if not isinstance(device, str):
-        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-    if device == "cpu":
-        return None
-    if device == "cuda":
-        return 0
-    head, _, index = device.partition(":")
-    if head == "cuda" and index.isdigit():
-        return int(index)
-    raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    return Detector.load(path, backend=backend_for_device(path, backend, gpu), device=gpu or 0)
 
 
 def _batches(items: Sequence, size: int):

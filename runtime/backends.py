@@ -53,6 +53,24 @@ class OrtBackend:
         self.model = None
 
 
+def gpu_index(device: str) -> int | None:
+    """None for "cpu", N for "cuda:N" (0 for "cuda"); ConfigError otherwise."""
+    if isinstance(device, str):
+        if device == "cpu":
+            return None
+        head, sep, index = device.partition(":")
+        if head == "cuda" and (not sep or index.isdigit()):
+            return int(index or 0)
+    raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+
+
+def backend_for_device(path: str | os.PathLike, backend: str, gpu: int | None) -> str:
+    """``backend``, except that "auto" for an ONNX file follows the device: ort-cpu on the CPU, ort-cuda on a GPU."""
+    if backend == "auto" and str(path).endswith(ONNX_SUFFIX):
+        return "ort-cpu" if gpu is None else "ort-cuda"
+    return backend
+
+
 def _ort_providers(backend: str, device: int) -> tuple[str, list]:
     """(backend name, providers list) for an ONNX Runtime backend name; ConfigError if not installed."""
     import onnxruntime as ort

@@ -53,16 +53,16 @@ class DetectorTarget:
         threads: int | None = None,
         cuda_graphs: bool = False,
     ) -> None:
+        from retina_deploy.runtime.backends import ENGINE_BACKENDS, backend_for_device, gpu_index
         from retina_deploy.runtime.detector import Detector
 
-        gpu = None if device == "cpu" else int(device.partition(":")[2] or 0)
-        if backend == "auto" and str(path).endswith(".onnx"):
-            backend = "ort-cpu" if gpu is None else "ort-cuda"
+        gpu = gpu_index(device)
+        backend = backend_for_device(path, backend, gpu)
         self.detector = Detector.load(
             path, backend=backend, device=gpu or 0, cuda_graphs=cuda_graphs, num_threads=threads
         )
         self.label = os.path.basename(os.fspath(path))
-        self.kind = "engine" if backend in ("tensorrt", "tensorrt-rtx") or not str(path).endswith(".onnx") else "onnx"
+        self.kind = "engine" if backend in ENGINE_BACKENDS or not str(path).endswith(".onnx") else "onnx"
         self.backend = self.detector.backend.name
         self.device = device
         self.precision = _precision_of(self.detector.backend, self.kind)
