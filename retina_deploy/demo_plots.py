@@ -27,6 +27,7 @@ GRID_IMAGES = 8
 GRID_PAIRS_PER_ROW = 2  # each pair is (ground truth, prediction): 4 columns
 CELL = 256  # pixels of each cell's longer side
 GAP = 8
+PAIR_GAP = 28  # wider than GAP, so that each (ground truth, prediction) pair reads as one
 HEADER = 28
 
 
@@ -94,16 +95,17 @@ def training_plot(metrics_csv: Path, batch_size: int, out_png: Path) -> Path | N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4.4), dpi=110)
     try:
-        window = max(1, min(SMOOTH_WINDOW, len(curves.train_images) // 10 or 1))
+        window = max(1, min(SMOOTH_WINDOW, len(curves.train_images) // 10))
         ax.plot(curves.train_images, smooth(curves.loss_cls, window), color="tab:blue", label="classification loss")
         ax.plot(curves.train_images, smooth(curves.loss_box, window), color="tab:orange", label="box loss")
         ax.set_xlabel("images seen")
-        ax.set_ylabel(f"loss (moving average of {window} iterations)")
-        if all(v > 0 for v in curves.loss_cls + curves.loss_box) and curves.loss_cls:
-            ax.set_yscale("log")
+        ax.set_ylabel(f"loss (mean of last {window} iterations)" if window > 1 else "loss")
+        ax.set_ylim(bottom=0)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
         ax.grid(True, alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         if curves.val_images or curves.raw_images:
@@ -112,13 +114,14 @@ def training_plot(metrics_csv: Path, batch_size: int, out_png: Path) -> Path | N
                 ap_ax.plot(curves.val_images, curves.val_ap50, "o-", color="tab:green", label="val AP50")
             if curves.raw_images:
                 ap_ax.plot(curves.raw_images, curves.raw_ap50, "s--", color="tab:olive", label="val AP50 (raw weights)")
-            ap_ax.set_ylabel("val AP50")
+            ap_ax.set_ylabel("val AP50", color="tab:green")
             ap_ax.set_ylim(0, 1)
             more_handles, more_labels = ap_ax.get_legend_handles_labels()
             handles, labels = handles + more_handles, labels + more_labels
-        ax.legend(handles, labels, loc="center right", fontsize=9)
+        # below the axes, so that it never hides a curve
+        fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
         ax.set_title("Training: losses and validation AP50")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
         _save_figure(fig, out_png)
     finally:
         plt.close(fig)
@@ -199,14 +202,14 @@ def _tile(pairs: list[tuple[Image.Image, Image.Image]]) -> Image.Image:
 
     cols = 2 * min(GRID_PAIRS_PER_ROW, len(pairs))
     rows = math.ceil(len(pairs) / GRID_PAIRS_PER_ROW)
-    width = cols * CELL + (cols + 1) * GAP
+    width = cols * CELL + (cols + 1) * GAP + (cols // 2 - 1) * (PAIR_GAP - GAP)
     height = HEADER + rows * CELL + (rows + 1) * GAP
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     font = _default_font(16)
     for c in range(cols):
         text = "ground truth" if c % 2 == 0 else "prediction"
-        x0 = GAP + c * (CELL + GAP)
+        x0 = _cell_x(c)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         draw.text(
             (x0 + (CELL - (right - left)) / 2 - left, (HEADER - (bottom - top)) / 2 + GAP / 2 - top),
@@ -218,10 +221,14 @@ def _tile(pairs: list[tuple[Image.Image, Image.Image]]) -> Image.Image:
         row, slot = divmod(i, GRID_PAIRS_PER_ROW)
         for j, img in enumerate(pair):
             c = 2 * slot + j
-            x0 = GAP + c * (CELL + GAP) + (CELL - img.width) // 2
+            x0 = _cell_x(c) + (CELL - img.width) // 2
             y0 = HEADER + GAP + row * (CELL + GAP) + (CELL - img.height) // 2
             canvas.paste(img, (x0, y0))
     return canvas
+
+
+def _cell_x(column: int) -> int:
+    return GAP + column * (CELL + GAP) + (column // 2) * (PAIR_GAP - GAP)
 
 
 def _fit(pixels: np.ndarray) -> tuple[np.ndarray, float]:

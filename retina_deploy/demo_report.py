@@ -39,6 +39,8 @@ from retina_deploy.fileio import read_format_json, write_bytes_atomic
 SUMMARY_NAME = "summary.json"
 SUMMARY_FORMAT = "retina-deploy/demo"
 SUMMARY_VERSION = 1
+WRAP_CHARS = 32  # table cells longer than this may wrap; shorter ones keep to one line
+BAD_STATUS = ("failed", "error")
 HTML_NAME = "report.html"
 MD_NAME = "report.md"
 
@@ -93,9 +95,13 @@ h2 { font-size: 1.3em; margin-top: 1.8em; border-bottom: 1px solid #ddd; padding
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
 th, td { border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td { white-space: nowrap; }
+td.text { white-space: normal; min-width: 16em; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.bad { color: #b00020; font-weight: 600; }
 img { max-width: 100%; height: auto; border: 1px solid #ddd; }
-pre { background: #f6f6f6; border: 1px solid #ddd; padding: 0.6em 0.8em; overflow-x: auto; font-size: 0.88em; }
+pre { background: #f6f6f6; border: 1px solid #ddd; padding: 0.6em 0.8em; font-size: 0.88em;
+      white-space: pre-wrap; overflow-wrap: anywhere; }
 code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 p.note { color: #666; font-style: italic; }
 """.strip()
@@ -132,13 +138,20 @@ def _html_block(block: Block) -> str:
         src = html.escape(block.path, quote=True)
         return f'<p><a href="{src}"><img src="{src}" alt="{html.escape(block.text, quote=True)}"></a></p>'
     head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
+    head = f"<thead><tr>{head}</tr></thead>\n" if any(block.header) else ""  # a key-value table has none
     body = "\n".join("<tr>" + "".join(_html_cell(cell) for cell in row) + "</tr>" for row in block.rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    return f"<table>\n{head}<tbody>\n{body}\n</tbody>\n</table>"
 
 
 def _html_cell(cell: str) -> str:
-    numeric = cell == DASH or _is_number(cell)
-    return f'<td class="num">{html.escape(cell)}</td>' if numeric else f"<td>{html.escape(cell)}</td>"
+    """A table cell: numbers right-aligned, long text allowed to wrap, a failed status in red."""
+    if cell == DASH or _is_number(cell):
+        css = "num"
+    elif cell in BAD_STATUS:
+        css = "bad"
+    else:
+        css = "text" if len(cell) > WRAP_CHARS else ""
+    return f'<td class="{css}">{html.escape(cell)}</td>' if css else f"<td>{html.escape(cell)}</td>"
 
 
 def _is_number(text: str) -> bool:

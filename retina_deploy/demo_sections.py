@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,9 @@ def overview_section(summary: dict[str, Any]) -> Section:
     reference = next((a for a in artifacts if a.get("name") == "checkpoint" and _num(a.get("AP50")) is not None), None)
     reference = reference or next((a for a in artifacts if _num(a.get("AP50")) is not None), None)
     what = f"A RetinaNet ({settings.get('backbone', 'unknown backbone')}, {settings.get('size', '?')} px input)"
-    trained = _first_num(_dict(summary.get("training")).get("images_seen"), settings.get("train_images"))
-    what += f" trained on {trained:,.0f} images of synthetic shapes" if trained is not None else " trained on shapes"
+    what += f" trained on {_count(settings.get('num_train'))}synthetic shapes images"
+    seen = _first_num(_dict(summary.get("training")).get("images_seen"), settings.get("train_images"))
+    what += f" ({seen:,.0f} images seen)" if seen is not None else ""
     if reference is not None:
         accuracy = (
             f" reaches AP50 {_fmt(reference.get('AP50'), 3)} (AP {_fmt(reference.get('AP'), 3)}) on"
@@ -128,14 +130,14 @@ def _bench_rows(path: Path | None) -> list[list[str]]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         log.warning("%s: unreadable, left out of the report (%s)", path, e)
         return []
+    results = [r for r in _list(_dict(report).get("results")) if isinstance(r, dict)]
+    names = _short_names([str(r.get("model", DASH)) for r in results])
     rows = []
-    for r in _list(_dict(report).get("results")):
-        if not isinstance(r, dict):
-            continue
+    for r, name in zip(results, names, strict=True):
         latency = _dict(r.get("latency_ms"))
         rows.append(
             [
-                Path(str(r.get("model", DASH))).name,
+                name,
                 str(r.get("backend", DASH)),
                 str(r.get("precision", DASH)),
                 str(r.get("device", DASH)),
@@ -146,6 +148,15 @@ def _bench_rows(path: Path | None) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _short_names(paths: list[str]) -> list[str]:
+    """``paths`` without the folder they all share ("demo-out/model.onnx" -> "model.onnx")."""
+    parents = [str(PurePosixPath(p).parent) for p in paths]
+    if not paths or any(p in ("", ".") for p in parents):
+        return paths
+    common = os.path.commonpath(parents) if len({p.startswith("/") for p in parents}) == 1 else ""
+    return [os.path.relpath(p, common) if common else p for p in paths]
 
 
 def training_section(out: Path, summary: dict[str, Any]) -> Section:
@@ -198,7 +209,7 @@ def val_grid_section(out: Path, summary: dict[str, Any]) -> Section:
         Block(
             "p",
             text=f"{drawn[1]} validation images: ground truth (left) beside the predictions of {model}"
-            f" (right, score ≥ {PRED_SCORE_THRESH}).",
+            f" (right, score ≥ {PRED_SCORE_THRESH}); ground-truth boxes are labelled with score 1.00.",
         )
     )
     section.blocks.append(Block("img", text="ground truth beside prediction", path=f"{REPORT_DIR}/val_grid.png"))
@@ -212,7 +223,12 @@ def stages_section(summary: dict[str, Any]) -> Section:
         section.blocks.append(Block("note", text="No stages were recorded."))
         return section
     rows = [
-        [str(s.get("name", DASH)), str(s.get("status", DASH)), _fmt(s.get("seconds"), 1), str(s.get("result") or "")]
+        [
+            str(s.get("name", DASH)),
+            str(s.get("status", DASH)),
+            _fmt(s.get("seconds"), 1),
+            str(s.get("result") or s.get("error") or ""),
+        ]
         for s in stages
     ]
     total = _num(summary.get("total_seconds"))
@@ -225,14 +241,17 @@ def stages_section(summary: dict[str, Any]) -> Section:
 def commands_section(summary: dict[str, Any]) -> Section:
     """Each stage's exact commands, one code block per stage."""
     section = Section("Reproduce by hand")
+    section.blocks.append(
+        Block("p", text="Each stage's commands as the demo ran them, from the folder it was started in.")
+    )
     stages = [s for s in _list(summary.get("stages")) if isinstance(s, dict)]
     for s in stages:
         commands = [str(c) for c in _list(s.get("commands"))]
         if commands:
             section.blocks.append(Block("p", text=f"{s.get('name', 'stage')}:"))
             section.blocks.append(Block("code", text="\n".join(commands)))
-    if not section.blocks:
-        section.blocks.append(Block("note", text="No commands were recorded."))
+    if len(section.blocks) == 1:
+        section.blocks = [Block("note", text="No commands were recorded.")]
     return section
 
 

@@ -18,6 +18,7 @@ from retina_deploy.demo_report import main, write_report
 from retina_deploy.errors import ConfigError
 from retina_deploy.predict import predict_files
 from retina_deploy.runtime.detections import Detections
+from retina_deploy.runtime.image_io import load_image
 
 METRICS_HEADER = ["kind", "epoch", "iteration", "loss_cls", "loss_box", "lr", "images_per_s", "AP", "AP50"]
 ODD_NAME = "model<b>&odd</b>.onnx"  # must appear escaped in the HTML
@@ -25,27 +26,29 @@ WINDOW = (1280, 4000)
 
 
 class ShiftedTruth:
-    """A predictor that "detects" the ground truth shifted by 3 px, with one low-score false positive."""
+    """A predictor that "detects" the ground truth shifted by 3 px, with one low-score false positive.
 
-    def __init__(self, annotations: Path):
-        coco = json.loads(annotations.read_text())
+    It recognises each val image by its pixels (the only thing a predictor is given).
+    """
+
+    def __init__(self, val_dir: Path):
+        coco = json.loads((val_dir / "annotations.json").read_text())
         self.names = {c["id"]: c["name"] for c in coco["categories"]}
-        self.by_size: dict[tuple[int, int], list[dict]] = {}
+        self.by_pixels: dict[bytes, list[dict]] = {}
         for im in coco["images"]:
-            anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
-            self.by_size.setdefault((im["height"], im["width"]), []).extend(anns)
+            key = load_image(val_dir / "images" / im["file_name"]).tobytes()
+            self.by_pixels[key] = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
 
     def predict(self, images):
         out = []
         for image in images:
-            anns = self.by_size.get(image.shape[:2], [])
-            boxes = [[x + 3, y + 3, x + w + 3, y + h + 3] for x, y, w, h in (a["bbox"] for a in anns)] + [
-                [2, 2, 30, 30]
-            ]
+            anns = self.by_pixels[image.tobytes()]
+            boxes = [[x + 3, y + 3, x + w + 3, y + h + 3] for x, y, w, h in (a["bbox"] for a in anns)]
             scores = [0.9 - 0.1 * i for i in range(len(anns))] + [0.05]
             ids = [a["category_id"] - 1 for a in anns] + [0]
             names = tuple(self.names[i + 1] for i in ids)
-            out.append(Detections(np.array(boxes, np.float32), np.array(scores, np.float32), np.array(ids), names))
+            boxes = np.array(boxes + [[2, 2, 30, 30]], np.float32)
+            out.append(Detections(boxes, np.array(scores, np.float32), np.array(ids), names))
         return out
 
 
@@ -139,7 +142,7 @@ def demo_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo-out")
     val = make_shapes(out / "data" / "val", num_images=4, size=128)
     images = sorted((val / "images").glob("*.png"))
-    predict_files(ShiftedTruth(val / "annotations.json"), images, out / "predictions")
+    predict_files(ShiftedTruth(val), images, out / "predictions")
     (out / "run").mkdir()
     with open(out / "run" / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -199,7 +202,7 @@ def test_every_image_reference_exists_and_is_relative(demo_dir):
         with Image.open(demo_dir / ref) as img:
             assert img.width > 100 and img.height > 100
     with Image.open(demo_dir / "report" / "val_grid.png") as grid:
-        assert grid.size == (4 * 256 + 5 * 8, 28 + 2 * 256 + 3 * 8)  # 4 images: 2 rows of 2 pairs
+        assert grid.size == (4 * 256 + 4 * 8 + 28, 28 + 2 * 256 + 3 * 8)  # 2 rows of 2 pairs, 28 px between pairs
 
 
 def test_html_escapes_text(demo_dir):
