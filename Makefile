@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean gpu-check cpp-deps cpp-test
+.PHONY: demo test lint setup clean gpu-check cpp-deps cpp-test browser-deps
 
-setup: $(STAMP) cpp-deps
+setup: $(STAMP) cpp-deps browser-deps
 
 # torch is installed pinned first: an unpinned resolve would download a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -19,13 +19,25 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/retina-deploy demo --out demo-out
 
-test: $(STAMP) cpp-test
+test: $(STAMP) cpp-test browser-deps
 	$(PY) -m pytest -q --durations=15
 
 # C++ runtime (runtime/cpp): its Debian packages (apt only when one is missing), then its builds and ctest
 # (core and C API under ASan + UBSan, Release with the install test). Outputs in .cpp-build/.
 cpp-deps:
 	runtime/cpp/scripts/install-deps.sh
+
+# Chromium for the demo report's headless screenshot test (tests/retina_deploy/test_demo_report.py), via apt when
+# missing (root, or sudo); without apt, or when apt fails, that one test is skipped and nothing else changes.
+SKIP_BROWSER := echo "chromium not installed: the demo report's browser test will be skipped"
+browser-deps:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then $(SKIP_BROWSER) "(no apt-get)"; exit 0; fi; \
+	SUDO=; if [ "$$(id -u)" -ne 0 ]; then SUDO=sudo; fi; \
+	echo "installing chromium (apt)"; \
+	{ $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } \
+	  || $(SKIP_BROWSER) "(apt-get failed)"
 
 cpp-test: cpp-deps $(STAMP)
 	VENV=$(VENV) runtime/cpp/scripts/test.sh
