@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 REPORT_DIR = "report"  # the pictures, inside the demo folder
 DASH = "–"  # shown for a value that was not measured
 LATENCY_BATCHES = ("1", "4")  # always shown, even when not measured
+COMMAND_WIDTH = 100  # longer commands are shown over several lines
 
 
 @dataclass
@@ -249,10 +251,31 @@ def commands_section(summary: dict[str, Any]) -> Section:
         commands = [str(c) for c in _list(s.get("commands"))]
         if commands:
             section.blocks.append(Block("p", text=f"{s.get('name', 'stage')}:"))
-            section.blocks.append(Block("code", text="\n".join(commands)))
+            section.blocks.append(Block("code", text="\n".join(wrap_command(c) for c in commands)))
     if len(section.blocks) == 1:
         section.blocks = [Block("note", text="No commands were recorded.")]
     return section
+
+
+def wrap_command(line: str, width: int = COMMAND_WIDTH) -> str:
+    """A long shell command over several lines (`` \\`` continuations, a break before each ``--option``).
+
+    The shell reads the result as the same command; a line that is not valid shell syntax is returned as is.
+    """
+    if len(line) <= width:
+        return line
+    try:
+        tokens = shlex.split(line)
+    except ValueError:
+        return line
+    lines, current = [], ""
+    for token in (shlex.quote(t) for t in tokens):
+        if current and (token.startswith("--") or len(current) + 1 + len(token) > width):
+            lines.append(current)
+            current = "  " + token
+        else:
+            current = f"{current} {token}" if current else token
+    return " \\\n".join([*lines, current])
 
 
 def environment_section(summary: dict[str, Any]) -> Section:

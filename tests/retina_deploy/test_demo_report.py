@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 
 from retina_deploy.data.shapes import make_shapes
 from retina_deploy.demo_report import main, write_report
+from retina_deploy.demo_sections import wrap_command
 from retina_deploy.errors import ConfigError
 from retina_deploy.predict import predict_files
 from retina_deploy.runtime.detections import Detections
@@ -265,3 +267,17 @@ def test_report_renders_in_headless_chromium(demo_dir, tmp_path):
     # the page is 1100 px wide at most: the pictures fill rows whose middle is not all white
     non_white_rows = (pixels[:, 200:1000] < 200).any(axis=2).mean(axis=1) > 0.2
     assert non_white_rows.sum() > 600
+
+
+def test_long_commands_wrap_into_the_same_shell_words():
+    line = (
+        "retina-deploy bench 'demo out/model.onnx' demo-out/model.int8.onnx --batch 1 4 --json demo-out/bench.json"
+        " --plot demo-out/bench.png --images demo-out/data/val/images --num-images 8"
+    )
+    wrapped = wrap_command(line, width=60)
+    assert "  --batch 1 4 \\" in wrapped.splitlines()  # a break before each option
+    assert all(len(row) <= 60 + 2 for row in wrapped.splitlines())
+    script = f'printf "%s\\n" {wrapped.split(" ", 1)[1]}'  # the shell's words after "retina-deploy"
+    words = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert words.stdout.splitlines() == shlex.split(line)[1:]
+    assert wrap_command("retina-deploy eval x") == "retina-deploy eval x"
