@@ -281,3 +281,13 @@ def test_long_commands_wrap_into_the_same_shell_words():
     words = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     assert words.stdout.splitlines() == shlex.split(line)[1:]
     assert wrap_command("retina-deploy eval x") == "retina-deploy eval x"
+
+
+def test_the_fake_demo_folder_follows_its_writers():
+    """The fixture's hand-written files use the formats of the code that writes the real ones."""
+    from retina_deploy.demo import FORMAT, FORMAT_VERSION
+    from retina_deploy.demo_report import SUMMARY_FORMAT, SUMMARY_VERSION
+    from retina_deploy.training.loop import METRICS_FIELDS
+
+    assert (SUMMARY_FORMAT, SUMMARY_VERSION) == (FORMAT, FORMAT_VERSION)
+    assert tuple(METRICS_HEADER) == METRICS_FIELDS
