@@ -272,8 +272,8 @@ def _build_engine(args) -> int:
             val_annotations=args.val_annotations,
             form=args.int8_form,
         )
-    if args.int8_form != "tensorrt":
-        return _write_cpu_int8(args, int8)
+    if args.int8_form != "tensorrt" or args.out.suffix == ".onnx":
+        return _write_precision_onnx(args, int8)
     cfg = EngineBuildConfig(
         precision="fp16" if args.fp16 else "int8" if args.int8 else None,
         batch=tuple(args.batch) if args.batch else None,
@@ -294,19 +294,29 @@ def _build_engine(args) -> int:
     return 0
 
 
-def _write_cpu_int8(args, int8) -> int:
-    """``--int8-form cpu``: the INT8 ONNX file is the product (TensorRT takes no u8 activations)."""
+def _write_precision_onnx(args, int8) -> int:
+    """OUT is a .onnx file: only the FP16 / INT8 ONNX file that an engine would be built from (no TensorRT needed).
+    ``--int8-form cpu`` always takes this path (TensorRT takes no u8 activations)."""
+    from retina_deploy.calib.fp16 import write_fp16_onnx
     from retina_deploy.calib.quantize import quantize_int8
 
-    if int8 is None:
+    cpu_form = args.int8_form != "tensorrt"
+    if cpu_form and int8 is None:
         raise RetinaDeployError("--int8-form cpu needs --int8 and --calib-images DIR")
     if args.out.suffix != ".onnx":
         raise RetinaDeployError(
             f"--int8-form cpu writes an ONNX file for ONNX Runtime's CPU kernels, not an engine: give OUT as a .onnx "
             f"path, got {args.out}"
         )
+    if args.fp16:
+        path, summary = write_fp16_onnx(args.onnx, args.out)
+        print(f"wrote {path} (FP16: {summary.fp16_nodes} nodes FP16, {summary.fp32_nodes} FP32); no engine built")
+        return 0
+    if int8 is None:
+        raise RetinaDeployError(f"OUT {args.out} is an ONNX file: give --fp16, or --int8 --calib-images DIR")
     result = quantize_int8(args.onnx, args.out, int8)
-    print(f"wrote {result.path} (INT8, ONNX Runtime CPU form, {result.images} calibration images); no engine built")
+    form = "ONNX Runtime CPU form" if cpu_form else "TensorRT's Q/DQ form"
+    print(f"wrote {result.path} (INT8, {form}, {result.images} calibration images); no engine built")
     return 0
 
 
@@ -315,7 +325,12 @@ def _add_build_engine(sub) -> None:
         sub, "build-engine", "Build a TensorRT or TensorRT-RTX engine (+ manifest) from our ONNX file.", _build_engine
     )
     p.add_argument("onnx", type=Path, help="ONNX file from export-onnx")
-    p.add_argument("out", type=Path, help="engine file to write (manifest: OUT.json)")
+    p.add_argument(
+        "out",
+        type=Path,
+        help="engine file to write (manifest: OUT.json); a .onnx OUT with --fp16 / --int8 writes only the precision's"
+        " ONNX file (no TensorRT needed)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fp16", action="store_true", help="bake FP16 into the graph (I/O, sigmoid, decode, NMS stay FP32)")
     g.add_argument("--int8", action="store_true", help="insert INT8 Q/DQ calibrated on --calib-images")
@@ -358,19 +373,33 @@ def _add_build_engine(sub) -> None:
 def _demo(args) -> int:
     from retina_deploy.demo import run_demo
 
-    run_demo(args.out, minutes=args.minutes, backbone=args.backbone, size=args.size, progress=progress_enabled())
-    print(f"summary: {args.out / 'summary.json'}; pictures: {args.out / 'predictions'}")
+    given = _given(args, backbone="backbone", **{name: name for name in _DEMO_SETTINGS})
+    run_demo(args.out, restart=args.restart, progress=progress_enabled(), **given)
+    print(f"report: {args.out / 'report.html'}; summary: {args.out / 'summary.json'}")
     return 0
 
 
+_DEMO_SETTINGS = {  # recipe field -> help text; the defaults are retina_deploy.demo:DemoRecipe's
+    "size": "input size (square, multiple of 128) and longest side of the synthetic images",
+    "train_images": "training length in images seen (iterations = images // batch size)",
+    "num_train": "synthetic training images",
+    "num_val": "synthetic held-out validation images",
+    "seed": "seed of the data (val: seed + 1), the training and the calibration sample",
+}
+
+
 def _add_demo(sub) -> None:
-    p = add_verb(
-        sub, "demo", "The whole pipeline on synthetic data: make-shapes, train, eval, export-onnx, predict.", _demo
+    help_ = (
+        "The whole pipeline on synthetic data: make-shapes, train, eval, export-onnx, FP16, INT8, engines, eval,"
+        " bench, predict, report. A rerun skips the stages done with the same settings."
     )
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (a previous demo's is replaced)")
-    p.add_argument("--minutes", type=float, default=4.0, help="training budget in minutes")
-    p.add_argument("--backbone", default="resnet18", help="ResNet depth")
-    p.add_argument("--size", type=int, default=256, help="input size (square, multiple of 128)")
+    p = add_verb(sub, "demo", help_, _demo)
+    p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (a previous demo's is reused)")
+    recipe = "retina_deploy.demo:DemoRecipe"
+    for name, text in _DEMO_SETTINGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=int, help=LibraryDefault(text, f"{recipe}.{name}"))
+    p.add_argument("--backbone", help=LibraryDefault("resnet18, 34, 50, 101 or 152", f"{recipe}.backbone"))
+    p.add_argument("--restart", action="store_true", help="redo every stage (default: skip the stages done)")
 
 
 # -- main ----------------------------------------------------------------------------------------

@@ -1,14 +1,24 @@
-"""``retina-deploy demo``: the whole pipeline on the embedded synthetic data, on CPU or GPU.
+"""``retina-deploy demo``: the whole pipeline on synthetic data, every stage resumable.
 
-make-shapes -> train (ResNet-18, from scratch) -> eval the checkpoint -> export-onnx -> eval the ONNX
-file through the runtime -> predict pictures. Writes ``summary.json`` with every stage's numbers.
+make-shapes -> train -> eval the checkpoint -> export-onnx (NMS in the graph, and ``--nms none`` for
+engines) -> FP16 -> INT8 (TensorRT's form and ONNX Runtime's CPU form) -> engines (TensorRT or
+TensorRT-RTX, where installed) -> eval every file that runs here -> bench -> predict -> report. The
+stage bodies are in ``demo_stages``; this module holds the recipe, the folder rules and the stage runner.
+
+Each finished stage is recorded in ``summary.json`` (atomically) with the settings it read. A rerun with
+the same settings skips the stages already done whose outputs still exist, and continues an interrupted
+demo; a rerun with other settings redoes everything from the first stage whose settings changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,108 +27,269 @@ from retina_deploy.fileio import write_json_atomic
 
 SUMMARY = "summary.json"
 MARKER = ".retina-deploy-demo"  # written first: marks a folder this command created and may replace
+FORMAT, FORMAT_VERSION = "retina-deploy/demo", 1
 
 
-def _check_args(minutes: float, backbone: str, size: int) -> None:
-    """ConfigError for a bad argument, before anything is written or deleted."""
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_int(what: str, value: Any, *, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{what} must be an integer >= {low}, got {value!r}")
+
+
+_POSITIVE_INTS = ("size", "num_train", "num_val", "train_images", "fpn_channels", "anchor_size_divisor", "batch_size",
+                  "calib_num", "predict_images")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Every value the demo's results depend on: the one place to tune it (the CLI's defaults come from here).
+
+    Data: ``num_train`` / ``num_val`` make-shapes images of longest side ``size`` (seeds ``seed``, ``seed + 1``).
+    Training: the TrainConfig fields of the same names, the input ``size`` x ``size``, anchor sizes
+    ``size // anchor_size_divisor * 2**i`` for P3..P7 (the defaults suit 512-800 px inputs), and
+    ``train_images // batch_size`` iterations. From scratch (``backbone_norm`` "bn"): nothing is downloaded.
+    Export: the ONNX files' dynamic batch range ``export_batch`` (MIN, OPT, MAX).
+    INT8: ``calib_num`` training images, sampled with ``seed``.
+    Bench: batch sizes ``bench_batches``, ``bench_warmup_s`` untimed then ``bench_duration_s`` timed seconds each.
+    Predict: the first ``predict_images`` validation images.
+    """
+
+    size: int = 256
+    num_train: int = 1600
+    num_val: int = 200
+    seed: int = 0
+    train_images: int = 5000
+    backbone: str = "resnet18"
+    backbone_norm: str = "bn"
+    head_norm: str = "groupnorm"
+    fpn_channels: int = 64
+    anchor_size_divisor: int = 16
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    warmup_iters: int = 50
+    batch_size: int = 4
+    schedule: str = "cosine"
+    workers: int = 0  # decoding a small PNG takes ~7 ms: loader processes would only compete for the CPU
+    amp: str = "none"
+    export_batch: tuple[int, int, int] = (1, 4, 8)
+    calib_num: int = 256
+    bench_batches: tuple[int, ...] = (1, 4)
+    bench_warmup_s: float = 0.5
+    bench_duration_s: float = 2.0
+    predict_images: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("export_batch", "bench_batches"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in _POSITIVE_INTS:
+            _check_int(_flag(name), getattr(self, name), low=1)
+        for name in ("export_batch", "bench_batches"):
+            for value in getattr(self, name):
+                _check_int(f"{_flag(name)} values", value, low=1)
+        for name in ("seed", "warmup_iters", "workers"):
+            _check_int(_flag(name), getattr(self, name), low=0)
+        for name in ("lr", "bench_warmup_s", "bench_duration_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{_flag(name)} must be a finite number > 0, got {value!r}")
+        if self.train_images < self.batch_size:
+            raise ConfigError(f"--train-images must be >= the batch size {self.batch_size}, got {self.train_images}")
+
+    @property
+    def anchor_sizes(self) -> tuple[int, ...]:
+        return tuple(self.size // self.anchor_size_divisor * 2**i for i in range(5))
+
+    @property
+    def iters(self) -> int:
+        return self.train_images // self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON values (tuples as lists), as recorded in ``summary.json["settings"]``."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+DEMO_RECIPE = DemoRecipe()
+
+
+def check_recipe(recipe: DemoRecipe) -> None:
+    """ConfigError for a recipe training cannot take (backbone, size, norms...), before anything is written."""
     from retina_deploy.config import BACKBONE_DEPTHS
     from retina_deploy.runtime.preprocess import check_input_size
 
-    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
-        raise ConfigError(f"--minutes must be a number > 0, got {minutes!r}")
-    if backbone not in BACKBONE_DEPTHS:
-        raise ConfigError(f"--backbone {backbone!r} is not one of {sorted(BACKBONE_DEPTHS)}")
+    if recipe.backbone not in BACKBONE_DEPTHS:
+        raise ConfigError(f"--backbone {recipe.backbone!r} is not one of {sorted(BACKBONE_DEPTHS)}")
     try:
-        check_input_size(size, size)
+        check_input_size(recipe.size, recipe.size)
     except ConfigError as e:
-        raise ConfigError(f"--size {size}: {e}") from e
+        raise ConfigError(f"--size {recipe.size}: {e}") from e
+    if recipe.size // recipe.anchor_size_divisor < 1:
+        raise ConfigError(f"--size {recipe.size} is smaller than anchor_size_divisor {recipe.anchor_size_divisor}")
+    from retina_deploy.demo_stages import train_config
+
+    train_config(Path("."), recipe)  # TrainConfig's own checks (optimizer, schedule, GroupNorm at P7...)
 
 
-def _prepare_out(out: Path) -> None:
-    """Replace a previous demo's folder (it holds the marker); refuse any other non-empty folder or a file."""
+@dataclass(frozen=True)
+class StageDone:
+    """What a stage reports: its one-line result, the CLI commands that redo it by hand, the paths it wrote."""
+
+    result: str
+    commands: list[str]
+    outputs: list[str]
+
+
+@dataclass
+class DemoContext:
+    """What the stages share: the demo folder, the recipe, the summary they fill in, progress switch and log."""
+
+    out: Path
+    recipe: DemoRecipe
+    summary: dict[str, Any]
+    progress: bool = False
+    log: Callable[[str], None] = print
+
+    def path(self, rel: str) -> Path:
+        return self.out / rel
+
+    def arg(self, rel: str) -> str:
+        """``rel`` as a command-line argument: under --out as the user gave it."""
+        return str(self.out / rel)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: ``run`` does it; ``keys`` are the recipe fields it reads, ``extra_key`` other things it depends
+    on (the TensorRT installed); ``outputs`` every path it may write (removed before it runs again)."""
+
+    name: str
+    run: Callable[[DemoContext], StageDone]
+    keys: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    extra_key: Callable[[], dict[str, Any]] | None = None
+
+    def settings(self, recipe: DemoRecipe) -> dict[str, Any]:
+        values = recipe.to_dict()
+        return {**{k: values[k] for k in self.keys}, **(self.extra_key() if self.extra_key else {})}
+
+
+def _prepare_out(out: Path, *, keep: bool = False) -> dict[str, Any] | None:
+    """Mark ``out`` as the demo's folder; return the previous demo's summary when ``keep``, else empty it first.
+
+    Refuses (ConfigError) a file, or a non-empty folder that is not a previous demo's.
+    """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
+    previous = None
     if out.is_dir() and any(out.iterdir()):
         earlier = (out / SUMMARY).is_file() and (out / "run" / "config.json").is_file()  # before the marker
         if not ((out / MARKER).is_file() or earlier):
             raise ConfigError(f"--out {out} is not empty and not a previous demo's folder; choose another --out")
-        shutil.rmtree(out)
+        previous = _read_summary(out) if keep else None
+        if not keep:
+            shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by `retina-deploy demo`; the next demo run may replace this folder\n")
+    return previous
+
+
+def _read_summary(out: Path) -> dict[str, Any] | None:
+    """The previous run's summary, or None when there is none we can read (then every stage runs again)."""
+    from retina_deploy.fileio import read_format_json
+
+    try:
+        summary = read_format_json(out / SUMMARY, FORMAT, FORMAT_VERSION, "a demo summary", ConfigError)
+    except (OSError, ConfigError):
+        return None
+    return summary if isinstance(summary.get("stages"), list) else None
+
+
+def _first_to_run(stages: list[Stage], previous: dict[str, Any] | None, recipe: DemoRecipe, out: Path) -> int:
+    """Index of the first stage not done with these settings, or whose outputs are gone."""
+    done = {s.get("name"): s for s in (previous or {}).get("stages", []) if isinstance(s, dict)}
+    for i, stage in enumerate(stages):
+        record = done.get(stage.name)
+        if (
+            record is None
+            or record.get("status") != "done"
+            or record.get("settings") != stage.settings(recipe)
+            or not all((out / rel).exists() for rel in record.get("outputs", []))
+        ):
+            return i
+    return len(stages)
+
+
+def _forget_from(stages: list[Stage], first: int, summary: dict[str, Any], out: Path) -> None:
+    """Remove what stages ``first``.. wrote (files and summary entries) before they run again."""
+    names = {stage.name for stage in stages[first:]}
+    for stage in stages[first:]:
+        for rel in stage.outputs:
+            path = out / rel
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    summary["stages"] = [s for s in summary["stages"] if s.get("name") not in names]
+    summary["artifacts"] = [a for a in summary["artifacts"] if a.get("stage") not in names]
+
+
+def _new_summary(recipe: DemoRecipe, previous: dict[str, Any] | None) -> dict[str, Any]:
+    from retina_deploy.runtime.envinfo import environment
+
+    summary = {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": recipe.to_dict(),
+               "environment": environment(), "stages": [], "artifacts": []}  # fmt: skip
+    for key, value in (previous or {}).items():
+        if key not in ("format", "format_version", "settings", "environment"):
+            summary[key] = value
+    return summary
+
+
+def _with_changes(recipe: DemoRecipe, changes: dict[str, Any]) -> DemoRecipe:
+    names = {f.name for f in dataclasses.fields(DemoRecipe)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ConfigError(f"unknown demo setting {unknown[0]!r}; the recipe has {', '.join(sorted(names))}")
+    return dataclasses.replace(recipe, **changes)
 
 
 def run_demo(
     out: str | Path,
+    recipe: DemoRecipe = DEMO_RECIPE,
     *,
-    minutes: float = 4.0,
-    backbone: str = "resnet18",
-    size: int = 256,
-    num_train: int = 400,
-    num_val: int = 50,
-    seed: int = 0,
+    restart: bool = False,
     progress: bool = False,
-    log=print,
+    log: Callable[[str], None] = print,
+    **changes: Any,
 ) -> dict[str, Any]:
-    """Run every stage; returns (and writes to ``out/summary.json``) the numbers of each."""
-    from retina_deploy.data.coco import load_coco
-    from retina_deploy.data.shapes import make_shapes
-    from retina_deploy.export.onnx_export import ExportConfig, export_onnx
-    from retina_deploy.predict import evaluate_predictor, load_predictor, predict_files
-    from retina_deploy.training.config import TrainConfig
-    from retina_deploy.training.run import train
+    """Run every stage not done yet into ``out``; returns (and writes to ``out/summary.json``) the summary.
 
+    changes: recipe fields to change (``size=128, train_images=40``...). restart: redo every stage.
+    Raises ConfigError for a bad setting or a foreign ``out``, before anything on disk changes.
+    """
+    from retina_deploy.demo_stages import STAGES
+
+    recipe = _with_changes(recipe, changes)
+    check_recipe(recipe)
     out = Path(out)
-    _check_args(minutes, backbone, size)
-    _prepare_out(out)
-    summary: dict[str, Any] = {"backbone": backbone, "size": size, "train_minutes": minutes}
-    t0 = time.perf_counter()
-    train_dir = make_shapes(out / "data" / "train", num_images=num_train, size=size, seed=seed)
-    val_dir = make_shapes(out / "data" / "val", num_images=num_val, size=size, seed=seed + 1)
-    log(f"[1/5] make-shapes: {num_train} train + {num_val} val images ({time.perf_counter() - t0:.0f} s)")
-
-    cfg = TrainConfig(
-        images=train_dir / "images",
-        annotations=train_dir / "annotations.json",
-        val_images=val_dir / "images",
-        val_annotations=val_dir / "annotations.json",
-        out=out / "run",
-        backbone=backbone,
-        backbone_norm="bn",  # from scratch: no ImageNet weights are downloaded
-        size=(size, size),
-        # The README's CPU recipe: a light head, anchors scaled to the input (the defaults suit 512-800 px),
-        # small batches for more updates per image seen.
-        head_norm="groupnorm",
-        fpn_channels=64,
-        anchor_sizes=tuple(size // 16 * 2**i for i in range(5)),
-        batch_size=4,
-        optimizer="adamw",
-        lr=1e-3,
-        warmup_iters=50,
-        workers=0,  # decoding a small PNG takes ~7 ms: loader processes would only compete for the CPU
-        max_minutes=minutes,
-        epochs=1000,
-        seed=seed,
-    )
-    t0 = time.perf_counter()
-    run_dir = train(cfg)
-    log(f"[2/5] train: {minutes:g} min budget, run folder {run_dir} ({time.perf_counter() - t0:.0f} s)")
-
-    val = load_coco(val_dir / "images", val_dir / "annotations.json")
-    ckpt = run_dir / "best"
-    metrics, _ = evaluate_predictor(load_predictor(ckpt), val, progress=progress)
-    summary["checkpoint"] = {"path": str(ckpt), "metrics": metrics}
-    log(f"[3/5] eval checkpoint: AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}")
-
-    t0 = time.perf_counter()
-    onnx_path = export_onnx(ckpt, out / "model.onnx", ExportConfig(batch=(1, 4, 8)))
-    export_s = time.perf_counter() - t0
-    onnx_metrics, _ = evaluate_predictor(load_predictor(onnx_path), val, progress=progress)
-    summary["onnx"] = {"path": str(onnx_path), "export_seconds": round(export_s, 1), "metrics": onnx_metrics}
-    log(f"[4/5] export-onnx + eval with ONNX Runtime: AP {onnx_metrics['AP']:.3f}, AP50 {onnx_metrics['AP50']:.3f}")
-
-    images = sorted((val_dir / "images").iterdir())[:6]
-    records, _ = predict_files(load_predictor(onnx_path), images, out / "predictions")
-    summary["predictions"] = {"folder": str(out / "predictions"), "images": len(records)}
-    log(f"[5/5] predict: {len(records)} annotated images in {out / 'predictions'}")
-    write_json_atomic(out / SUMMARY, summary)
+    previous = _prepare_out(out, keep=not restart)
+    summary = _new_summary(recipe, previous)
+    first = _first_to_run(STAGES, previous, recipe, out)
+    _forget_from(STAGES, first, summary, out)
+    ctx = DemoContext(out, recipe, summary, progress=progress, log=log)
+    for i, stage in enumerate(STAGES):
+        label = f"[{i + 1}/{len(STAGES)}] {stage.name}"
+        if i < first:
+            log(f"{label}: done earlier, skipped")
+            continue
+        start = time.perf_counter()
+        done = stage.run(ctx)
+        seconds = time.perf_counter() - start
+        record = {"name": stage.name, "status": "done", "seconds": round(seconds, 1), "result": done.result,
+                  "commands": done.commands, "outputs": done.outputs, "settings": stage.settings(recipe)}  # fmt: skip
+        summary["stages"].append(record)
+        summary["total_seconds"] = round(sum(s["seconds"] for s in summary["stages"]), 1)
+        write_json_atomic(out / SUMMARY, summary)
+        log(f"{label}: {done.result} ({seconds:.0f} s)")
     return summary

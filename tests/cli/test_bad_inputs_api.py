@@ -220,7 +220,7 @@ API_CALLS = {
         "not empty",
     ),
     "demo_into_a_project": (
-        lambda ws: __import__("retina_deploy.demo", fromlist=["x"]).run_demo(ws / "run2", minutes=0.01, size=128),
+        lambda ws: __import__("retina_deploy.demo", fromlist=["x"]).run_demo(ws / "run2", train_images=8, size=128),
         "not a previous demo",
     ),
     "demo_bad_size": (
