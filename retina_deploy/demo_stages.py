@@ -19,7 +19,7 @@ from retina_deploy.demo import DemoContext, DemoRecipe, Stage, StageDone
 
 CHECKPOINT_RUNTIME, ORT_RUNTIME = "PyTorch (CPU)", "ONNX Runtime (CPU)"
 ONNX_FP32, ONNX_NMS_NONE = "model.onnx", "model.nms-none.onnx"
-# (ONNX file, its FP32 source, precision, INT8 form): the precision files stages 5 and 6 write.
+# The precision files of stages 5 and 6: (file, its FP32 source) and (file, its FP32 source, INT8 form).
 FP16_FILES = (("model.fp16.onnx", ONNX_FP32), ("model.nms-none.fp16.onnx", ONNX_NMS_NONE))
 INT8_FILES = (
     ("model.int8.onnx", ONNX_FP32, "tensorrt"),
@@ -111,11 +111,27 @@ def checkpoint_rel(ctx: DemoContext) -> str:
     return "run/best" if ctx.path("run/best/config.json").is_file() else "run/last"
 
 
+@contextlib.contextmanager
+def _training_log_to_file_only() -> Iterator[None]:
+    """train() copies its log to stderr when logging is not configured; the demo prints one line per stage
+    (the log stays in run/train.log, and the tqdm bar shows progress on a terminal)."""
+    root, quiet = logging.getLogger(), logging.NullHandler()
+    added = not root.handlers
+    if added:
+        root.addHandler(quiet)
+    try:
+        yield
+    finally:
+        if added:
+            root.removeHandler(quiet)
+
+
 def train_stage(ctx: DemoContext) -> StageDone:
     from retina_deploy.training.run import train
 
     cfg = train_config(ctx.out, ctx.recipe)
-    train(cfg)
+    with _training_log_to_file_only():
+        train(cfg)
     seen = cfg.iters * cfg.batch_size
     ctx.summary["training"] = {"run": "run", "metrics_csv": "run/metrics.csv", "images_seen": seen,
                                "batch_size": cfg.batch_size}  # fmt: skip
@@ -321,7 +337,7 @@ def bench_stage(ctx: DemoContext) -> StageDone:
         num_images=BENCH_IMAGES,
         command=command(*args),
     )
-    report = run_bench([ctx.path(a["path"]) for a in entries], cfg, log=ctx.log if ctx.progress else lambda _: None)
+    report = run_bench([ctx.path(a["path"]) for a in entries], cfg, log=lambda _: None)  # one line per stage
     validate_report(report)
     write_json_atomic(ctx.path("bench.json"), report)
     write_plot(report, ctx.path("bench.png"))
