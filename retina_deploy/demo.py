@@ -115,8 +115,10 @@ DEMO_RECIPE = DemoRecipe()
 
 
 def check_recipe(recipe: DemoRecipe) -> None:
-    """ConfigError for a recipe training cannot take (backbone, size, norms...), before anything is written."""
+    """ConfigError for a recipe a stage cannot take (backbone, size, norms, batch ranges...), before anything
+    is written: a late stage must not fail on its settings after the training ran."""
     from retina_deploy.config import BACKBONE_DEPTHS
+    from retina_deploy.runtime.onnx_metadata import check_batch_range
     from retina_deploy.runtime.preprocess import check_input_size
 
     if recipe.backbone not in BACKBONE_DEPTHS:
@@ -127,6 +129,10 @@ def check_recipe(recipe: DemoRecipe) -> None:
         raise ConfigError(f"--size {recipe.size}: {e}") from e
     if recipe.size // recipe.anchor_size_divisor < 1:
         raise ConfigError(f"--size {recipe.size} is smaller than anchor_size_divisor {recipe.anchor_size_divisor}")
+    lo, _, hi = check_batch_range(recipe.export_batch)
+    outside = [b for b in recipe.bench_batches if not lo <= b <= hi]
+    if outside:
+        raise ConfigError(f"bench batch {outside[0]} is outside the export's batch range {lo}..{hi}")
     from retina_deploy.demo_stages import train_config
 
     train_config(Path("."), recipe)  # TrainConfig's own checks (optimizer, schedule, GroupNorm at P7...)

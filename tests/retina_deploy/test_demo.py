@@ -133,6 +133,8 @@ def test_demo_refuses_a_foreign_folder(tmp_path, capsys):
         ({"bench_duration_s": 0.0}, "--bench-duration-s"),
         ({"backbone": "vgg16"}, "vgg16"),
         ({"optimizer": "adam"}, "adam"),
+        ({"export_batch": (4, 1, 8)}, "OPT"),
+        ({"bench_batches": (1, 16)}, "bench batch 16"),
         ({"epochs": 3}, "unknown demo setting 'epochs'"),
     ],
 )
@@ -169,3 +171,28 @@ def test_cli_has_no_minutes_and_shows_the_recipe_defaults(capsys):
                         ("--backbone", DEMO_RECIPE.backbone), ("--out", "demo-out")):  # fmt: skip
         assert flag in text and f"(default: {value})" in text, flag
     assert "--restart" in text
+
+
+def test_cli_passes_only_the_given_settings(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("retina_deploy.demo.run_demo", lambda out, **kw: calls.append((out, kw)))
+    assert main(["demo", "--out", str(tmp_path / "d"), "--size", "128", "--train-images", "40", "--restart"]) == 0
+    ((out, kwargs),) = calls
+    assert out == tmp_path / "d" and kwargs["restart"] is True
+    assert {k: v for k, v in kwargs.items() if k not in ("restart", "progress")} == {"size": 128, "train_images": 40}
+
+
+def test_engines_stage_without_tensorrt_is_skipped(tmp_path, monkeypatch):
+    from retina_deploy.demo import DemoContext
+    from retina_deploy.demo_stages import engines_stage, installed_tensorrt
+    from retina_deploy.runtime.trt_backend import TensorRTUnavailableError
+
+    def absent(name="auto"):
+        raise TensorRTUnavailableError("no TensorRT is installed")
+
+    monkeypatch.setattr("retina_deploy.export.trt_flavours.resolve_flavour", absent)
+    ctx = DemoContext(tmp_path, DEMO_RECIPE, {"artifacts": []})
+    done = engines_stage(ctx)
+    assert done.result == "skipped: no TensorRT or TensorRT-RTX installed"
+    assert done.commands == [] and done.outputs == [] and ctx.summary["artifacts"] == []
+    assert installed_tensorrt() == {"tensorrt": None}  # recorded: installing one later redoes this stage
