@@ -209,7 +209,10 @@ def _read_summary(out: Path) -> dict[str, Any] | None:
         summary = read_format_json(out / SUMMARY, FORMAT, FORMAT_VERSION, "a demo summary", ConfigError)
     except (OSError, ConfigError):
         return None
-    return summary if isinstance(summary.get("stages"), list) else None
+    lists = [summary.get(key) for key in ("stages", "artifacts")]
+    if not all(isinstance(items, list) and all(isinstance(x, dict) for x in items) for items in lists):
+        return None
+    return summary
 
 
 def _first_to_run(stages: list[Stage], previous: dict[str, Any] | None, recipe: DemoRecipe, out: Path) -> int:

@@ -196,3 +196,40 @@ def test_engines_stage_without_tensorrt_is_skipped(tmp_path, monkeypatch):
     assert done.result == "skipped: no TensorRT or TensorRT-RTX installed"
     assert done.commands == [] and done.outputs == [] and ctx.summary["artifacts"] == []
     assert installed_tensorrt() == {"tensorrt": None}  # recorded: installing one later redoes this stage
+
+
+def test_an_unreadable_summary_means_nothing_is_done(tmp_path):
+    from retina_deploy.demo import _prepare_out
+
+    out = tmp_path / "d"
+    _prepare_out(out)
+    for text in ("{not json", '{"format": "retina-deploy/demo", "format_version": 1, "stages": [1], "artifacts": []}',
+                 '{"format": "other", "format_version": 1, "stages": [], "artifacts": []}'):  # fmt: skip
+        (out / "summary.json").write_text(text)
+        assert _prepare_out(out, keep=True) is None
+        assert (out / "summary.json").is_file()  # kept: the stages replace what they redo
+
+
+def test_first_stage_to_run_and_what_is_forgotten(tmp_path):
+    from retina_deploy.demo import Stage, StageDone, _first_to_run, _forget_from
+
+    def body(ctx):
+        return StageDone("", [], [])
+
+    stages = [Stage("a", body, ("size",), ("a.txt",)), Stage("b", body, ("seed",), ("b.txt",)), Stage("c", body)]
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text("x")
+    records = [{"name": s.name, "status": "done", "settings": s.settings(DEMO_RECIPE), "outputs": list(s.outputs)}
+               for s in stages]  # fmt: skip
+    previous = {"stages": records, "artifacts": [{"path": "a.txt", "stage": "a"}, {"path": "b.txt", "stage": "b"}]}
+    assert _first_to_run(stages, previous, DEMO_RECIPE, tmp_path) == 3
+    assert _first_to_run(stages, previous, DEMO_RECIPE.__class__(seed=1), tmp_path) == 1  # b reads the seed
+    assert _first_to_run(stages, {"stages": records[:2]}, DEMO_RECIPE, tmp_path) == 2  # interrupted before c
+    (tmp_path / "b.txt").unlink()
+    assert _first_to_run(stages, previous, DEMO_RECIPE, tmp_path) == 1  # an output is gone
+    (tmp_path / "b.txt").write_text("x")
+    _forget_from(stages, 1, previous, tmp_path)
+    assert (tmp_path / "a.txt").exists() and not (tmp_path / "b.txt").exists()
+    assert [s["name"] for s in previous["stages"]] == ["a"] and previous["artifacts"] == [
+        {"path": "a.txt", "stage": "a"}
+    ]
