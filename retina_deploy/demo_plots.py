@@ -154,18 +154,18 @@ def _prediction_records(detections_json: Path) -> dict[str, dict]:
 
 def val_grid(
     images_dir: Path, annotations_json: Path, detections_json: Path, out_png: Path, *, num_images: int = GRID_IMAGES
-) -> tuple[Path, int] | None:
+) -> tuple[Path, int, int] | None:
     """Tile (ground truth, prediction) pairs of the first ``num_images`` predicted val images into ``out_png``.
 
     Ground-truth boxes (COCO xywh) are drawn as xyxy with score 1; predictions at score >= PRED_SCORE_THRESH.
-    Returns (``out_png``, number of images shown), or None when no val image has a prediction record.
+    Returns (``out_png``, images shown, predicted boxes drawn), or None when no val image has a prediction record.
     """
     from retina_deploy.runtime.image_io import load_image
     from retina_deploy.runtime.visualize import draw_detections, save_image_atomic
 
     images, per_image, names = _coco_ground_truth(annotations_json)
     predicted = _prediction_records(detections_json)
-    pairs = []
+    pairs, drawn = [], 0
     for im in images:
         record = predicted.get(Path(im["file_name"]).name)
         if record is None or not (images_dir / im["file_name"]).is_file():
@@ -188,12 +188,13 @@ def val_grid(
             pixels, boxes, scores, [str(d["class_name"]) for d in dets], score_thresh=PRED_SCORE_THRESH
         )
         pairs.append((gt, pred))
+        drawn += int((scores >= PRED_SCORE_THRESH).sum())
         if len(pairs) == num_images:
             break
     if not pairs:
         return None
     save_image_atomic(_tile(pairs), out_png)
-    return out_png, len(pairs)
+    return out_png, len(pairs), drawn
 
 
 def _tile(pairs: list[tuple[Image.Image, Image.Image]]) -> Image.Image:

@@ -210,8 +210,8 @@ def val_grid_section(out: Path, summary: dict[str, Any]) -> Section:
     section.blocks.append(
         Block(
             "p",
-            text=f"{drawn[1]} validation images: ground truth (left) beside the predictions of {model}"
-            f" (right, score ≥ {PRED_SCORE_THRESH}); ground-truth boxes are labelled with score 1.00.",
+            text=f"{drawn[1]} validation images: ground truth (left) beside the predictions of {model} (right:"
+            f" {drawn[2]} boxes with score ≥ {PRED_SCORE_THRESH}). Ground-truth boxes are labelled with score 1.00.",
         )
     )
     section.blocks.append(Block("img", text="ground truth beside prediction", path=f"{REPORT_DIR}/val_grid.png"))
@@ -251,30 +251,43 @@ def commands_section(summary: dict[str, Any]) -> Section:
         commands = [str(c) for c in _list(s.get("commands"))]
         if commands:
             section.blocks.append(Block("p", text=f"{s.get('name', 'stage')}:"))
-            section.blocks.append(Block("code", text="\n".join(wrap_command(c) for c in commands)))
+            wrapped = [wrap_command(c) for c in commands]
+            separator = "\n\n" if any("\n" in w for w in wrapped) else "\n"  # a blank line between long commands
+            section.blocks.append(Block("code", text=separator.join(wrapped)))
     if len(section.blocks) == 1:
         section.blocks = [Block("note", text="No commands were recorded.")]
     return section
 
 
 def wrap_command(line: str, width: int = COMMAND_WIDTH) -> str:
-    """A long shell command over several lines (`` \\`` continuations, a break before each ``--option``).
+    """A long shell command over lines of about ``width`` characters, joined by `` \\`` continuations.
 
-    The shell reads the result as the same command; a line that is not valid shell syntax is returned as is.
+    Lines break between words, preferably before an ``--option`` (kept with its values). The shell reads
+    the result as the same words; a line that is not valid shell syntax is returned as is.
     """
     if len(line) <= width:
         return line
     try:
-        tokens = shlex.split(line)
+        words = [shlex.quote(w) for w in shlex.split(line)]
     except ValueError:
         return line
+    groups: list[list[str]] = [[]]  # the command and its positional words, then one group per option
+    for word in words:
+        if word.startswith("--"):
+            groups.append([])
+        groups[-1].append(word)
     lines, current = [], ""
-    for token in (shlex.quote(t) for t in tokens):
-        if current and (token.startswith("--") or len(current) + 1 + len(token) > width):
-            lines.append(current)
-            current = "  " + token
-        else:
-            current = f"{current} {token}" if current else token
+    for group in groups:
+        text = " ".join(group)
+        if current and len(current) + 1 + len(text) <= width:
+            current = f"{current} {text}"
+            continue
+        for word in group if len(text) > width else [text]:  # a group longer than a line: word by word
+            if current and len(current) + 1 + len(word) > width:
+                lines.append(current)
+                current = "  " + word
+            else:
+                current = f"{current} {word}" if current else word
     return " \\\n".join([*lines, current])
 
 

@@ -193,6 +193,12 @@ def test_report_holds_every_section(demo_dir):
     assert "| build-engine | skipped | – |" in text_md
     assert "```sh\nretina-deploy export-onnx demo-out/run/best model.onnx\n```" in text_md
     assert "<td>checkpoint</td><td>fp32</td><td>PyTorch (CPU)</td>" in text_html
+    # every shifted ground-truth box scores >= 0.3 (at most 6 per image), the false positive 0.05
+    boxes = len(json.loads((demo_dir / "data" / "val" / "annotations.json").read_text())["annotations"])
+    assert (
+        f"4 validation images: ground truth (left) beside the predictions of model.onnx (right: {boxes} boxes"
+        in text_md
+    )
 
 
 def test_every_image_reference_exists_and_is_relative(demo_dir):
@@ -275,8 +281,10 @@ def test_long_commands_wrap_into_the_same_shell_words():
         " --plot demo-out/bench.png --images demo-out/data/val/images --num-images 8"
     )
     wrapped = wrap_command(line, width=60)
-    assert "  --batch 1 4 \\" in wrapped.splitlines()  # a break before each option
-    assert all(len(row) <= 60 + 2 for row in wrapped.splitlines())
+    rows = wrapped.splitlines()
+    assert len(rows) > 2 and all(len(row) <= 60 + 2 for row in rows)  # + " \\"
+    assert all(row.startswith("  ") for row in rows[1:]) and any(row.startswith("  --") for row in rows[1:])
+    assert not any(re.search(r"--[a-z-]+ \\$", row) for row in rows)  # an option stays with its value
     script = f'printf "%s\\n" {wrapped.split(" ", 1)[1]}'  # the shell's words after "retina-deploy"
     words = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     assert words.stdout.splitlines() == shlex.split(line)[1:]
