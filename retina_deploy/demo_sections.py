@@ -24,7 +24,7 @@ COMMAND_WIDTH = 100  # longer commands are shown over several lines
 
 @dataclass
 class Block:
-    """One piece of a section: kind "p" (text), "table" (header + rows), "img" (path, alt) or "code" (text)."""
+    """One piece of a section: kind "p" or "note" (text), "table" (header, rows), "img" (path; alt in text), "code"."""
 
     kind: str
     text: str = ""
@@ -87,7 +87,7 @@ def artifacts_section(summary: dict[str, Any]) -> Section:
                 _fmt(a.get("AP50"), 3),
             ]
             + [_fmt(latency.get(b), 1) for b in batches]
-            + [_fmt(size / 1e6 if size is not None else None, 1), str(a.get("note") or "")]
+            + [_fmt(size / 1e6 if size is not None and size >= 0 else None, 1), str(a.get("note") or "")]
         )
     section.blocks.append(Block("table", header=header, rows=rows))
     section.blocks.append(

@@ -299,3 +299,15 @@ def test_the_fake_demo_folder_follows_its_writers():
 
     assert (SUMMARY_FORMAT, SUMMARY_VERSION) == (FORMAT, FORMAT_VERSION)
     assert tuple(METRICS_HEADER) == METRICS_FIELDS
+
+
+def test_a_bare_or_odd_summary_still_gives_a_report(tmp_path):
+    bare = {"format": "retina-deploy/demo", "format_version": 1}
+    (tmp_path / "summary.json").write_text(json.dumps(bare))
+    text = write_report(tmp_path)[1].read_text()
+    assert "No artifacts were recorded" in text and "No stages were recorded." in text
+    odd = {**bare, "artifacts": [None, {"name": "x.onnx", "AP": "high", "latency_ms": {"1": "fast"}, "size_bytes": -1}],
+           "stages": "none", "settings": [], "training": {"metrics_csv": 3}, "total_seconds": float("nan")}  # fmt: skip
+    (tmp_path / "summary.json").write_text(json.dumps(odd))
+    text = write_report(tmp_path)[1].read_text()
+    assert "| x.onnx | – | – | – | – | – | – | – |  |" in text
