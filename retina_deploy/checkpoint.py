@@ -110,7 +110,9 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
         p = p.parent
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         if not (p / name).is_file():
-            raise CheckpointError(f"{p}: not a retina-deploy checkpoint ({name} is missing)")
+            inside = [d for d in ("best", "last") if (p / d / CONFIG_NAME).is_file()]
+            hint = f"; a training run: give its {' or '.join(d + '/' for d in inside)}" if inside else ""
+            raise CheckpointError(f"{p}: not a retina-deploy checkpoint ({name} is missing{hint})")
     return p
 
 
@@ -152,6 +154,18 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
         raise CheckpointError(f"{cfg_path}: {e}") from e
 
 
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+    """The tensors of a checkpoint (on the CPU) and its CheckpointInfo, without building a model.
+
+    Refuses a weights file whose sha256 differs from the config's (truncated, or from another checkpoint).
+    """
+    info = read_checkpoint_info(path)
+    weights = info.path / WEIGHTS_NAME
+    if sha256_file(weights) != info.weights_sha256:
+        raise CheckpointError(f"{weights}: sha256 differs from {CONFIG_NAME} (truncated, or from another checkpoint)")
+    return read_state_dict(weights), info
+
+
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
     """Load a checkpoint; returns (RetinaNet in eval mode, CheckpointInfo).
 
@@ -159,11 +173,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     """
     from retina_deploy.model import build_model
 
-    info = read_checkpoint_info(path)
-    weights = info.path / WEIGHTS_NAME
-    if sha256_file(weights) != info.weights_sha256:
-        raise CheckpointError(f"{weights}: sha256 differs from {CONFIG_NAME} (truncated, or from another checkpoint)")
+    state, info = read_checkpoint(path)
     model = build_model(info.model)
-    load_state_dict_strict(model, read_state_dict(weights), str(weights))
+    load_state_dict_strict(model, state, str(info.path / WEIGHTS_NAME))
     model.to(map_location).eval()
     return model, info

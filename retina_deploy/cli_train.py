@@ -13,8 +13,14 @@ _NOT_FLAGS = ("images", "annotations", "out", "resume")
 
 def run_train(args) -> int:
     from retina_deploy.training.config import TrainConfig
+    from retina_deploy.training.init_model import fine_tune_config
     from retina_deploy.training.run import train
 
+    if args.resume and args.init_weights:
+        raise RetinaDeployError(
+            f"--init-weights {args.init_weights} starts a new run from a checkpoint; --resume {args.resume} continues"
+            " a run from its own weights: give one of them"
+        )
     if args.resume:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
             raise RetinaDeployError(
@@ -28,7 +34,8 @@ def run_train(args) -> int:
         if args.images is None or args.annotations is None or args.out is None:
             raise RetinaDeployError("--images, --annotations and --out are required (or --resume RUN/)")
         given = {k: getattr(args, k) for k in train_flag_fields() if getattr(args, k) is not None}
-        cfg = TrainConfig(images=args.images, annotations=args.annotations, out=args.out, **given)
+        make = TrainConfig if args.init_weights is None else fine_tune_config  # unset architecture: the checkpoint's
+        cfg = make(images=args.images, annotations=args.annotations, out=args.out, **given)
     run_dir = train(cfg)
     written = [f"{name}/" for name in ("best", "last") if (cfg.out / name / "config.json").is_file()]
     print(f"run folder {run_dir}: {' and '.join(written) or 'no'} checkpoint(s), metrics.csv")
@@ -65,10 +72,23 @@ def add_train_arguments(p) -> None:
         f" (default: {d['backbone_norm'].default})",
     )
     m.add_argument("--backbone-weights", type=Path, help="local torchvision ImageNet ResNet file (never downloaded)")
+    m.add_argument(
+        "--init-weights",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="fine-tune a whole RetinaNet: a checkpoint folder (a run's best/ or last/, or convert-weights' OUT);"
+        " architecture flags left out are the checkpoint's, given ones must match it; the class layer is"
+        " re-initialised when the dataset's classes differ (default: none)",
+    )
     m.add_argument("--head-norm", choices=["none", "groupnorm"], help=f"(default: {d['head_norm'].default})")
     m.add_argument("--box-loss", choices=["l1", "giou"], help=f"(default: {d['box_loss'].default})")
     m.add_argument(
         "--fpn-channels", type=int, help=f"channels of P3-P7 and the head (default: {d['fpn_channels'].default})"
+    )
+    m.add_argument(
+        "--p6-from",
+        choices=["c5", "p5"],
+        help=f"P6 from C5 (the paper) or from P5 (torchvision's v1 COCO weights) (default: {d['p6_from'].default})",
     )
     m.add_argument(
         "--anchor-sizes",

@@ -17,7 +17,9 @@ from retina_deploy.training import run_files
 DEFAULT_LR = {"sgd": 0.01, "adamw": 3e-4}
 DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}
 RESUME_OVERRIDABLE = ("workers", "device")  # may differ from the saved config without changing the results
-PATH_FIELDS = ("images", "annotations", "out", "val_images", "val_annotations", "backbone_weights", "resume")
+PATH_FIELDS = (
+    "images", "annotations", "out", "val_images", "val_annotations", "backbone_weights", "init_weights", "resume",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,15 @@ class TrainConfig:
     images, annotations: the training set (COCO instances JSON + image folder).
     out: the run folder; must be absent or empty (use ``for_resume`` to continue a run).
     val_images, val_annotations: optional validation set, evaluated (COCO AP) after every epoch.
-    backbone, backbone_norm, head_norm, box_loss, fpn_channels, anchor_sizes, focal_loss_alpha,
+    backbone, backbone_norm, head_norm, box_loss, fpn_channels, p6_from, anchor_sizes, focal_loss_alpha,
         focal_loss_gamma: the model (see
         ``ModelConfig``, which says when to choose which; "bn" becomes SyncBatchNorm across GPUs).
     backbone_weights: a local torchvision ImageNet ResNet file (.pth or .safetensors), or None (random).
+    init_weights: a checkpoint folder (a run's best/ or last/, or convert-weights' output) whose every
+        weight starts the model; its architecture (``training.init_model.ARCHITECTURE_FIELDS``) must be
+        this config's, and its class layer is re-initialised when its classes are not the dataset's.
+        Not with backbone_weights. ``training.init_model.fine_tune_config`` takes the unset
+        architecture fields from the checkpoint.
     size: network input (H, W), multiples of 128.
     batch_size: images per process per step.
     epochs, iters, max_minutes: run length; at least one, the first reached ends the run (and completes
@@ -61,9 +68,11 @@ class TrainConfig:
     backbone: str = "resnet101"
     backbone_norm: str = "frozen_bn"
     backbone_weights: Path | None = None
+    init_weights: Path | None = None
     head_norm: str = "none"
     box_loss: str = "l1"
     fpn_channels: int = 256
+    p6_from: str = ModelConfig.p6_from
     anchor_sizes: tuple[int, ...] = ModelConfig.anchor_sizes
     focal_loss_alpha: float = ModelConfig.focal_loss_alpha
     focal_loss_gamma: float = ModelConfig.focal_loss_gamma
@@ -115,6 +124,7 @@ class TrainConfig:
             head_norm=self.head_norm,
             box_loss=self.box_loss,
             fpn_channels=self.fpn_channels,
+            p6_from=self.p6_from,
             anchor_sizes=self.anchor_sizes,
             focal_loss_alpha=self.focal_loss_alpha,
             focal_loss_gamma=self.focal_loss_gamma,
@@ -185,6 +195,11 @@ def _validate(cfg: TrainConfig) -> None:
     cfg.model_config(num_classes=1)  # ConfigError for a bad model field, before any data is read
     if (cfg.val_images is None) != (cfg.val_annotations is None):
         raise ConfigError("give both val_images and val_annotations, or neither")
+    if cfg.init_weights is not None and cfg.backbone_weights is not None:
+        raise ConfigError(
+            f"give init_weights {cfg.init_weights} (a whole RetinaNet) or backbone_weights {cfg.backbone_weights}"
+            " (an ImageNet ResNet), not both: the checkpoint already holds a backbone"
+        )
     if cfg.resume is not None and cfg.out.resolve() != cfg.resume.resolve():
         raise ConfigError(f"a resumed run continues in its folder: out {cfg.out} must be resume {cfg.resume}")
     PreprocessConfig(size=cfg.size)  # sizes must be multiples of 128

@@ -30,12 +30,12 @@ from retina_deploy.checkpoint import save_checkpoint
 from retina_deploy.data.coco import CocoDataset, load_coco
 from retina_deploy.data.dataset import DetectionDataset, collate_detections
 from retina_deploy.errors import ConfigError, DatasetError
-from retina_deploy.model import build_model
 from retina_deploy.predict import TorchPredictor, evaluate_predictor
 from retina_deploy.runtime.preprocess import PreprocessConfig
 from retina_deploy.training import distributed, run_files
 from retina_deploy.training.config import PATH_FIELDS, RESUME_OVERRIDABLE, TrainConfig
 from retina_deploy.training.ema import ModelEMA
+from retina_deploy.training.init_model import build_initial_model
 from retina_deploy.training.loop import (
     MetricsLog,
     StepOptions,
@@ -128,11 +128,12 @@ class _Run:
     # -- setup -------------------------------------------------------------------------------
 
     def _build(self) -> None:
-        """Model (seeded init, optional ImageNet backbone), optimizer and loss scaler on the device."""
+        """Model (seeded init, ImageNet backbone or checkpoint), optimizer and loss scaler on the device."""
         cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        weights = None if cfg.backbone_weights is None else str(cfg.backbone_weights)
-        self.model = build_model(self.model_cfg, backbone_weights=weights).to(self.device)
+        # A resumed run with a saved state restores its own weights: the checkpoint it started from is not read.
+        restoring = cfg.resume is not None and (self.run_dir / run_files.STATE_NAME).is_file()
+        model, self.init_note = build_initial_model(cfg, self.train_coco.class_names, load_init_weights=not restoring)
+        self.model = model.to(self.device)
         self.optimizer = build_optimizer(
             self.model,
             name=cfg.optimizer,
@@ -200,7 +201,7 @@ class _Run:
         log.info("resumed %s at epoch %d, batch %d, iteration %d", self.run_dir, *dataclasses.astuple(self.progress))
 
     def run(self, stop_after_iters: int | None) -> Path:
-        self._build()  # reads the backbone weights: a refused file leaves no run folder behind
+        self._build()  # reads the backbone or init weights: a refused file leaves no run folder behind
         created = not self.run_dir.exists()
         distributed.run_on_main(self.dist, self._prepare_run_dir)
         try:
@@ -250,6 +251,8 @@ class _Run:
             self.step_opts.amp_dtype or "float32",
             self.device,
         )
+        if self.progress.iteration == 0:
+            log.info("initial model: %s", self.init_note)
 
     # -- the loop ------------------------------------------------------------------------------
 
