@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retina_deploy import demo_stages as st
+from retina_deploy.demo_stages import DemoContext, StageDone, train_config
 from retina_deploy.errors import ConfigError
 from retina_deploy.fileio import write_json_atomic
 
@@ -133,36 +135,7 @@ def check_recipe(recipe: DemoRecipe) -> None:
     outside = [b for b in recipe.bench_batches if not lo <= b <= hi]
     if outside:
         raise ConfigError(f"bench batch {outside[0]} is outside the export's batch range {lo}..{hi}")
-    from retina_deploy.demo_stages import train_config
-
     train_config(Path("."), recipe)  # TrainConfig's own checks (optimizer, schedule, GroupNorm at P7...)
-
-
-@dataclass(frozen=True)
-class StageDone:
-    """What a stage reports: its one-line result, the CLI commands that redo it by hand, the paths it wrote."""
-
-    result: str
-    commands: list[str]
-    outputs: list[str]
-
-
-@dataclass
-class DemoContext:
-    """What the stages share: the demo folder, the recipe, the summary they fill in, progress switch and log."""
-
-    out: Path
-    recipe: DemoRecipe
-    summary: dict[str, Any]
-    progress: bool = False
-    log: Callable[[str], None] = print
-
-    def path(self, rel: str) -> Path:
-        return self.out / rel
-
-    def arg(self, rel: str) -> str:
-        """``rel`` as a command-line argument: under --out as the user gave it."""
-        return str(self.out / rel)
 
 
 @dataclass(frozen=True)
@@ -263,6 +236,31 @@ def _with_changes(recipe: DemoRecipe, changes: dict[str, Any]) -> DemoRecipe:
     return dataclasses.replace(recipe, **changes)
 
 
+def _with_sidecars(files: tuple[tuple[str, ...], ...], suffix: str) -> tuple[str, ...]:
+    """The first names of ``files`` and beside each its ``<name><suffix>`` (calibration cache, engine manifest)."""
+    return tuple(x for name, *_ in files for x in (name, name + suffix))
+
+
+_DATA = ("size", "num_train", "num_val", "seed")
+_LATER = ("export_batch", "calib_num", "bench_batches", "bench_warmup_s", "bench_duration_s", "predict_images")
+# Training reads every other field of the recipe (a field added there counts as a training one).
+_TRAIN = tuple(f.name for f in dataclasses.fields(DemoRecipe) if f.name not in _DATA + _LATER)
+_BENCH = ("bench_batches", "bench_warmup_s", "bench_duration_s")
+STAGES = [
+    Stage("make-shapes", st.make_data, _DATA, ("data/train", "data/val")),
+    Stage("train", st.train_stage, _TRAIN, ("run",)),
+    Stage("eval checkpoint", st.eval_checkpoint),
+    Stage("export-onnx", st.export_stage, ("export_batch",), (st.ONNX_FP32, st.ONNX_NMS_NONE)),
+    Stage("fp16", st.fp16_stage, (), tuple(rel for rel, _ in st.FP16_FILES)),
+    Stage("int8", st.int8_stage, ("calib_num",), _with_sidecars(st.INT8_FILES, ".calib.json")),
+    Stage("engines", st.engines_stage, (), _with_sidecars(st.ENGINES, ".json"), st.installed_tensorrt),
+    Stage("eval", st.eval_stage),
+    Stage("bench", st.bench_stage, _BENCH, ("bench.json", "bench.png")),
+    Stage("predict", st.predict_stage, ("predict_images",), ("predictions",)),
+    Stage("report", st.report_stage, (), ("report.html", "report.md", "report")),
+]  # fmt: skip
+
+
 def run_demo(
     out: str | Path,
     recipe: DemoRecipe = DEMO_RECIPE,
@@ -277,8 +275,6 @@ def run_demo(
     changes: recipe fields to change (``size=128, train_images=40``...). restart: redo every stage.
     Raises ConfigError for a bad setting or a foreign ``out``, before anything on disk changes.
     """
-    from retina_deploy.demo_stages import STAGES
-
     recipe = _with_changes(recipe, changes)
     check_recipe(recipe)
     out = Path(out)

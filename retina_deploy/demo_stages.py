@@ -11,11 +11,13 @@ import contextlib
 import dataclasses
 import logging
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from retina_deploy.demo import DemoContext, DemoRecipe, Stage, StageDone
+if TYPE_CHECKING:
+    from retina_deploy.demo import DemoRecipe
 
 CHECKPOINT_RUNTIME, ORT_RUNTIME = "PyTorch (CPU)", "ONNX Runtime (CPU)"
 ONNX_FP32, ONNX_NMS_NONE = "model.onnx", "model.nms-none.onnx"
@@ -35,6 +37,33 @@ ENGINES = (
 ENGINE_NOTE = "built; running it needs an NVIDIA GPU"
 BENCH_IMAGES = 8  # validation images the bench cycles through
 NMS_NONE_NOTE = "no NMS in the graph: the runtime runs NMS on the host (engines are built from these files)"
+
+
+@dataclass(frozen=True)
+class StageDone:
+    """What a stage reports: its one-line result, the CLI commands that redo it by hand, the paths it wrote."""
+
+    result: str
+    commands: list[str]
+    outputs: list[str]
+
+
+@dataclass
+class DemoContext:
+    """What the stages share: the demo folder, the recipe, the summary they fill in, progress switch and log."""
+
+    out: Path
+    recipe: DemoRecipe
+    summary: dict[str, Any]
+    progress: bool = False
+    log: Callable[[str], None] = print
+
+    def path(self, rel: str) -> Path:
+        return self.out / rel
+
+    def arg(self, rel: str) -> str:
+        """``rel`` as a command-line argument: under --out as the user gave it."""
+        return str(self.out / rel)
 
 
 def command(*args: Any) -> str:
@@ -374,29 +403,3 @@ def report_stage(ctx: DemoContext) -> StageDone:
 
     write_report(ctx.out)
     return StageDone("report.html, report.md", [], ["report.html", "report.md"])
-
-
-_DATA = ("size", "num_train", "num_val", "seed")
-_LATER = ("export_batch", "calib_num", "bench_batches", "bench_warmup_s", "bench_duration_s", "predict_images")
-# Training reads every other field of the recipe (a field added there counts as a training one).
-_TRAIN = tuple(f.name for f in dataclasses.fields(DemoRecipe) if f.name not in _DATA + _LATER)
-STAGES = [
-    Stage("make-shapes", make_data, _DATA, ("data/train", "data/val")),
-    Stage("train", train_stage, _TRAIN, ("run",)),
-    Stage("eval checkpoint", eval_checkpoint),
-    Stage("export-onnx", export_stage, ("export_batch",), (ONNX_FP32, ONNX_NMS_NONE)),
-    Stage("fp16", fp16_stage, (), tuple(rel for rel, _ in FP16_FILES)),
-    Stage("int8", int8_stage, ("calib_num",), tuple(x for rel, *_ in INT8_FILES for x in (rel, rel + ".calib.json"))),
-    Stage(
-        "engines", engines_stage, (), tuple(x for rel, *_ in ENGINES for x in (rel, rel + ".json")), installed_tensorrt
-    ),
-    Stage("eval", eval_stage),
-    Stage(
-        "bench",
-        bench_stage,
-        ("bench_batches", "bench_warmup_s", "bench_duration_s"),
-        ("bench.json", "bench.png"),
-    ),
-    Stage("predict", predict_stage, ("predict_images",), ("predictions",)),
-    Stage("report", report_stage, (), ("report.html", "report.md", "report")),
-]

@@ -183,8 +183,7 @@ def test_cli_passes_only_the_given_settings(tmp_path, monkeypatch):
 
 
 def test_engines_stage_without_tensorrt_is_skipped(tmp_path, monkeypatch):
-    from retina_deploy.demo import DemoContext
-    from retina_deploy.demo_stages import engines_stage, installed_tensorrt
+    from retina_deploy.demo_stages import DemoContext, engines_stage, installed_tensorrt
     from retina_deploy.runtime.trt_backend import TensorRTUnavailableError
 
     def absent(name="auto"):
