@@ -282,7 +282,7 @@ def run_demo(
     summary = _new_summary(recipe, previous)
     first = _first_to_run(STAGES, previous, recipe, out)
     _forget_from(STAGES, first, summary, out)
-    ctx = DemoContext(out, recipe, summary, progress=progress, log=log)
+    ctx = DemoContext(out, recipe, summary, progress=progress)
     for i, stage in enumerate(STAGES):
         label = f"[{i + 1}/{len(STAGES)}] {stage.name}"
         if i < first:

@@ -1,5 +1,6 @@
-"""The demo's stages (``retina_deploy.demo`` runs them in order): each calls the pipeline's public entries and
-returns its result line, the CLI commands that redo it by hand, and the paths it wrote (relative to the folder).
+"""The demo's stages (``retina_deploy.demo`` runs them in order): each takes a ``DemoContext``, calls the pipeline's
+public entries and returns a ``StageDone``: its result line, the CLI commands that redo it by hand, and the paths
+it wrote (relative to the demo folder).
 
 Artifacts (model files) are listed in ``summary["artifacts"]``; each entry names the stage that made it,
 later stages add accuracy (eval) and latency (bench).
@@ -11,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,13 +51,12 @@ class StageDone:
 
 @dataclass
 class DemoContext:
-    """What the stages share: the demo folder, the recipe, the summary they fill in, progress switch and log."""
+    """What the stages share: the demo folder (as given), the recipe, the summary they fill in, the progress switch."""
 
     out: Path
     recipe: DemoRecipe
     summary: dict[str, Any]
     progress: bool = False
-    log: Callable[[str], None] = print
 
     def path(self, rel: str) -> Path:
         return self.out / rel
