@@ -50,7 +50,7 @@ def train_flag_fields() -> list[str]:
 
 
 def add_train_arguments(p) -> None:
-    from retina_deploy.training.config import TrainConfig
+    from retina_deploy.training.config import SCHEDULES, TrainConfig
 
     d = TrainConfig.__dataclass_fields__
     p.add_argument("--images", type=Path, help="training images folder")
@@ -121,7 +121,7 @@ def add_train_arguments(p) -> None:
     o.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d['momentum'].default})")
     o.add_argument("--weight-decay", type=float, help="(default: 1e-4 sgd, 0.05 adamw)")
     o.add_argument("--warmup-iters", type=int, help=f"linear warm-up (default: {d['warmup_iters'].default})")
-    o.add_argument("--schedule", choices=["cosine", "step"], help=f"(default: {d['schedule'].default})")
+    o.add_argument("--schedule", choices=list(SCHEDULES), help=f"(default: {d['schedule'].default})")
     o.add_argument("--grad-clip", type=float, help=f"max gradient norm (default: {d['grad_clip'].default})")
     o.add_argument(
         "--ema-decay",

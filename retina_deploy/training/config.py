@@ -14,6 +14,8 @@ from retina_deploy.errors import ConfigError
 from retina_deploy.runtime.preprocess import PreprocessConfig, from_dict_strict
 from retina_deploy.training import run_files
 
+SCHEDULES = ("cosine", "flat-cosine", "step")  # the lr decays, see training.optim.LRSchedule
+
 DEFAULT_LR = {"sgd": 0.01, "adamw": 3e-4}
 DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}
 RESUME_OVERRIDABLE = ("workers", "device")  # may differ from the saved config without changing the results
@@ -46,7 +48,8 @@ class TrainConfig:
         weight_decay None -> 1e-4 (sgd) / 0.05 (adamw), never on biases or norm parameters.
     momentum: SGD momentum.
     warmup_iters: linear warmup from lr * 0.001, clamped to a third of the run.
-    schedule: "cosine", or "step" (x0.1 at 2/3 and 8/9 of the run).
+    schedule: "cosine", "flat-cosine" (the peak lr for 3/4 of the run, then a cosine to 0), or "step"
+        (x0.1 at 2/3 and 8/9 of the run).
     grad_clip: max global gradient L2 norm, None for no clipping (10 only clips loss spikes).
     ema_decay: keep an exponential moving average of the weights with this decay (ramped up over the
         first updates, see ``training.ema``), None for none. With it, validation, best/ and last/ use the
@@ -186,7 +189,7 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"momentum must be in [0, 1), got {cfg.momentum!r}")
     for name, value, choices in (
         ("optimizer", cfg.optimizer, tuple(DEFAULT_LR)),
-        ("schedule", cfg.schedule, ("cosine", "step")),
+        ("schedule", cfg.schedule, SCHEDULES),
         ("amp", cfg.amp, ("auto", "none", "bf16", "fp16")),
         ("device", cfg.device, ("auto", "cpu", "cuda")),
     ):

@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from retina_deploy.errors import ConfigError
+from retina_deploy.training.config import SCHEDULES
 
 WARMUP_FACTOR = 0.001  # the first iteration runs at lr * 0.001, rising linearly to lr (Goyal et al., 2017)
 STEP_MILESTONES = (2 / 3, 8 / 9)  # "step" multiplies the lr by 0.1 at each fraction of the run
+FLAT_FRACTION = 0.75  # "flat-cosine" holds the peak lr for this fraction of the run, then anneals to 0
 STEP_GAMMA = 0.1
 
 
@@ -47,10 +49,11 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """Linear warmup times a cosine or step decay over the run.
+    """Linear warmup times a cosine, flat-cosine or step decay over the run.
 
     base_lr: the peak learning rate.
-    kind: "cosine" (lr * (1 + cos(pi * p)) / 2) or "step" (x0.1 at p = 2/3 and 8/9).
+    kind: "cosine" (lr * (1 + cos(pi * p)) / 2), "flat-cosine" (lr until p = FLAT_FRACTION, then a cosine
+        to 0 over the rest) or "step" (x0.1 at p = 2/3 and 8/9).
     total_iters: the run length in iterations, or None when only a time budget bounds it. The decay's
         progress p is max(iteration / total_iters, elapsed fraction of the time budget): the schedule
         completes by whichever end comes first.
@@ -63,8 +66,8 @@ class LRSchedule:
     warmup_iters: int
 
     def __post_init__(self) -> None:
-        if self.kind not in ("cosine", "step"):
-            raise ConfigError(f"schedule must be 'cosine' or 'step', got {self.kind!r}")
+        if self.kind not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.kind!r}")
 
     def lr(self, iteration: int, time_fraction: float = 0.0) -> float:
         """The lr of ``iteration`` (0-based); ``time_fraction``: elapsed fraction of the time budget (0 without one)."""
@@ -72,6 +75,9 @@ class LRSchedule:
         progress = min(1.0, max(0.0, by_iters, time_fraction))
         if self.kind == "cosine":
             decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif self.kind == "flat-cosine":
+            tail = max(0.0, progress - FLAT_FRACTION) / (1.0 - FLAT_FRACTION)
+            decay = 0.5 * (1.0 + math.cos(math.pi * tail))
         else:
             decay = STEP_GAMMA ** sum(progress >= m for m in STEP_MILESTONES)
         warmup = 1.0

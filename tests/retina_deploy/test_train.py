@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import re
 import socket
@@ -302,4 +303,9 @@ def test_lr_schedule_hand_computed():
     assert timed.lr(0, time_fraction=0.7) == pytest.approx(0.01)
     both = LRSchedule(0.1, "step", total_iters=90, warmup_iters=0)  # time or iterations: the further along
     assert both.lr(70, time_fraction=0.1) == pytest.approx(0.01) and both.lr(10, 0.9) == pytest.approx(0.001)
+    # flat-cosine over 80 iterations: the peak lr up to iteration 60 (3/4), then a cosine over the last 20:
+    # half the peak at iteration 70, 0 at 80.
+    flat = LRSchedule(0.1, "flat-cosine", total_iters=80, warmup_iters=0)
+    assert [flat.lr(i) for i in (0, 30, 60, 70, 80)] == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.0])
+    assert flat.lr(65) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi / 4)))
     assert clamp_warmup(500, 30) == 10 and clamp_warmup(500, None) == 500
