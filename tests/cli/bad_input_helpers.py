@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from pathlib import Path
 
 from retina_deploy.cli import main
@@ -67,3 +68,22 @@ def edit_json(path: Path, edit) -> None:
     obj = json.loads(Path(path).read_text())
     edit(obj)
     replace_file(path, json.dumps(obj))
+
+
+# -- shared by the bad-input suites ----------------------------------------------------------------
+
+# a tiny train command over the workspace's data/ (the CPU recipe's architecture, one iteration)
+DATA = ["--images", "data/images", "--annotations", "data/annotations.json"]
+TRAIN = ["train", *DATA, "--backbone", "resnet18", "--backbone-norm", "bn", "--size", "128", "128"]
+TRAIN += ["--fpn-channels", "64", "--head-norm", "groupnorm", "--iters", "1", "--batch-size", "4", "--workers", "0"]
+
+
+class _Evil:
+    """A pickle that runs a command when loaded: loading it must be refused, never executed."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def evil_pickle(ws: Path) -> None:
+    replace_file(ws / "evil.pth", pickle.dumps({"model": _Evil()}))

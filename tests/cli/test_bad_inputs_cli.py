@@ -8,37 +8,24 @@ and the outputs a refused command must not create are absent. Fixtures: ``confte
 from __future__ import annotations
 
 import math
-import os
-import pickle
 from pathlib import Path
 
 import onnx
 import pytest
 from bad_input_helpers import (
+    DATA,
+    TRAIN,
     assert_one_line_error,
     changed_files,
     edit_json,
+    evil_pickle,
     fingerprint,
     replace_file,
     run_cli,
     temporaries,
 )
 
-DATA = ["--images", "data/images", "--annotations", "data/annotations.json"]
-TRAIN = ["train", *DATA, "--backbone", "resnet18", "--backbone-norm", "bn", "--size", "128", "128"]
-TRAIN += ["--fpn-channels", "64", "--head-norm", "groupnorm", "--iters", "1", "--batch-size", "4", "--workers", "0"]
-
-
 # -- files a case puts in its workspace first ------------------------------------------------------
-
-
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("touch pwned",))
-
-
-def evil_pickle(ws: Path) -> None:
-    replace_file(ws / "evil.pth", pickle.dumps({"model": _Evil()}))
 
 
 def text_files(ws: Path) -> None:

@@ -7,33 +7,20 @@ temporary file left, no run folder created. Fixtures (``run2/``, ``r32/``, ``dat
 from __future__ import annotations
 
 import hashlib
-import os
-import pickle
 from pathlib import Path
 
 import pytest
 from bad_input_helpers import (
+    TRAIN,
     assert_one_line_error,
     changed_files,
     edit_json,
+    evil_pickle,
     fingerprint,
     replace_file,
     run_cli,
     temporaries,
 )
-
-DATA = ["--images", "data/images", "--annotations", "data/annotations.json"]
-TRAIN = ["train", *DATA, "--backbone", "resnet18", "--backbone-norm", "bn", "--size", "128", "128"]
-TRAIN += ["--fpn-channels", "64", "--head-norm", "groupnorm", "--iters", "1", "--batch-size", "4", "--workers", "0"]
-
-
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("touch pwned",))
-
-
-def evil_pickle(ws: Path) -> None:
-    replace_file(ws / "evil.pth", pickle.dumps({"model": _Evil()}))
 
 
 def notes(ws: Path) -> None:

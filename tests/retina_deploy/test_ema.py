@@ -18,14 +18,7 @@ from retina_deploy.training.ema import ModelEMA, ema_decay_at
 from retina_deploy.training.optim import LRSchedule, clamp_warmup
 from retina_deploy.training.run import TrainConfig, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the machine these run on is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ from retina_deploy.training.run import TrainConfig, train
 RUN = dict(size=(128, 128), batch_size=4, workers=0, warmup_iters=0, amp="none", device="cpu", iters=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, oversubscribed threads make each step several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
