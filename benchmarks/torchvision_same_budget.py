@@ -9,11 +9,11 @@ is told min_size = max_size = the input size and mean 0 / std 1, so it neither r
 models see the same tensors.
 
 The training is ours, so that only the model and its losses differ: ``DetectionDataset`` (hflip, batch order
-and augmentation from the seed), AdamW without decay on biases and norms, linear warm-up and a cosine
-schedule ending at the run's length, gradient clipping at 10, and (with ``--ema-decay``) the same moving
-average. Validation uses ``predict.evaluate_predictor``, the COCO evaluation of ``retina-deploy eval``,
-every ``--val-every`` iterations and at the end; with an average both the averaged and the trained
-weights are scored.
+and augmentation from the seed), AdamW without decay on biases and norms, linear warm-up and the lr
+schedule of ``retina-deploy train --schedule`` (cosine by default) ending at the run's length, gradient
+clipping at 10, and (with ``--ema-decay``) the same moving average. Validation uses
+``predict.evaluate_predictor``, the COCO evaluation of ``retina-deploy eval``, every ``--val-every``
+iterations and at the end; with an average both the averaged and the trained weights are scored.
 
     python benchmarks/torchvision_same_budget.py --images train/images --annotations train/annotations.json \\
         --val-images val/images --val-annotations val/annotations.json --iters 1250 --json tv.json
@@ -44,6 +44,7 @@ from retina_deploy.data.coco import load_coco
 from retina_deploy.data.dataset import DetectionDataset, collate_detections
 from retina_deploy.predict import TorchPredictor, evaluate_predictor
 from retina_deploy.runtime.preprocess import PreprocessConfig
+from retina_deploy.training.config import SCHEDULES
 from retina_deploy.training.distributed import BatchList, epoch_batches
 from retina_deploy.training.ema import ModelEMA
 from retina_deploy.training.optim import LRSchedule, build_optimizer, clamp_warmup, set_lr
@@ -116,6 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="default: %(default)s")
     p.add_argument("--iters", type=int, default=1250, help="run length; default: %(default)s (5,000 images)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak lr; default: %(default)s")
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="lr decay; default: %(default)s")
     p.add_argument("--weight-decay", type=float, default=0.05, help="default: %(default)s")
     p.add_argument("--warmup-iters", type=int, default=50, help="default: %(default)s")
     p.add_argument("--grad-clip", type=float, default=10.0, help="default: %(default)s")
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
         anchor_sizes=tuple(args.anchor_sizes),
     ).train()
     optimizer = build_optimizer(model, name="adamw", lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    schedule = LRSchedule(args.lr, "cosine", args.iters, clamp_warmup(args.warmup_iters, args.iters))
+    schedule = LRSchedule(args.lr, args.schedule, args.iters, clamp_warmup(args.warmup_iters, args.iters))
     ema = None if args.ema_decay is None else ModelEMA(model, args.ema_decay)
     record = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

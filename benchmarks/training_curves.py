@@ -1,7 +1,8 @@
 """Plot val AP50 against images seen for training runs and torchvision's same-budget run.
 
 Each ``--run LABEL=RUN_DIR`` reads ``RUN_DIR/metrics.csv`` (as written by ``retina-deploy train``; the batch size
-from ``RUN_DIR/config.json``) and plots its ``val`` rows (the weights that ``best/`` and ``last/`` hold); each
+from ``RUN_DIR/config.json``) and plots the trained weights' scores (``val_raw`` rows in a run with
+``--ema-decay``, else ``val``), so that runs with and without a weight average compare alike; each
 ``--torchvision LABEL=FILE`` reads the ``curve`` of ``benchmarks/torchvision_same_budget.py --json FILE`` (the
 trained weights, ``raw``). Optional ``--points LABEL=IMAGES:AP50,...`` adds a curve given by hand, for a run
 whose metrics file is gone. Writes one PNG and prints the points as a table.
@@ -19,10 +20,12 @@ from pathlib import Path
 
 
 def run_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """[(images seen, AP50)] of the ``val`` rows of a run folder."""
+    """[(images seen, AP50)] of the trained weights of a run folder (``val_raw`` rows, else ``val``)."""
     batch = json.loads((run_dir / "config.json").read_text())["train"]["batch_size"]
     with open(run_dir / "metrics.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["kind"] == "val"]
+        rows = list(csv.DictReader(f))
+    kind = "val_raw" if any(r["kind"] == "val_raw" for r in rows) else "val"
+    rows = [r for r in rows if r["kind"] == kind]
     return [(int(r["iteration"]) * batch, float(r["AP50"])) for r in rows]
 
 
@@ -75,7 +78,7 @@ def main() -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.set_title(args.title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out)
