@@ -68,7 +68,7 @@ def add_train_arguments(p) -> None:
     m.add_argument(
         "--backbone-norm",
         choices=["frozen_bn", "bn"],
-        help="frozen_bn to fine-tune ImageNet weights; bn to train from scratch with batch >= 8"
+        help="frozen_bn to fine-tune ImageNet weights; bn to train from scratch with batch >= 4"
         f" (default: {d['backbone_norm'].default})",
     )
     m.add_argument("--backbone-weights", type=Path, help="local torchvision ImageNet ResNet file (never downloaded)")
