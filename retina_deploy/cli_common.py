@@ -59,3 +59,8 @@ class LibraryDefault(str):
         value = self.fmt(self.value())
         text = self.text.format(value) if "{}" in self.text else f"{self.text} (default: {value})"
         return text.replace("%", "%%")
+
+
+def given_options(args, **fields: str) -> dict:
+    """{field: args.<attr>} for the options given on the command line (the config's own defaults stay)."""
+    return {field: getattr(args, attr) for field, attr in fields.items() if getattr(args, attr) is not None}
