@@ -74,11 +74,13 @@ def progress_bar_enabled(info: DistInfo) -> bool:
 
 @dataclass
 class StepOptions:
-    """How ``train_step`` runs: device, autocast dtype (None: float32), max gradient norm (None: no clipping)."""
+    """How ``train_step`` runs: device, autocast dtype (None: float32), max gradient norm (None: no clipping),
+    the classification loss's weight (the box loss's is 1)."""
 
     device: torch.device
     amp_dtype: torch.dtype | None = None
     grad_clip: float | None = None
+    cls_loss_weight: float = 1.0
     scaler: torch.amp.GradScaler | None = None
 
 
@@ -94,10 +96,13 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     opts: StepOptions,
 ) -> torch.Tensor:
-    """One forward/backward/update. images [B, 3, H, W] on the device; returns the detached losses [2] (cls, box)."""
+    """One forward/backward/update of ``cls_loss_weight * loss_cls + loss_box``.
+
+    images [B, 3, H, W] on the device; returns the detached, unweighted losses [2] (cls, box).
+    """
     with autocast(opts.device, opts.amp_dtype):
         losses = model(images, targets)
-    total = losses["loss_cls"] + losses["loss_box"]
+    total = opts.cls_loss_weight * losses["loss_cls"] + losses["loss_box"]
     optimizer.zero_grad(set_to_none=True)
     if opts.scaler is not None and opts.scaler.is_enabled():
         opts.scaler.scale(total).backward()

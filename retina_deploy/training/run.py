@@ -144,7 +144,9 @@ class _Run:
         amp_dtype = resolve_amp(cfg.amp, self.device)
         scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         self.ema = None if cfg.ema_decay is None else ModelEMA(self.model, cfg.ema_decay)
-        self.step_opts = StepOptions(self.device, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip, scaler=scaler)
+        self.step_opts = StepOptions(
+            self.device, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip, cls_loss_weight=cfg.cls_loss_weight, scaler=scaler
+        )
 
     def _config_record(self) -> dict[str, Any]:
         """config.json's content: paths absolute, so that a resume from another folder finds the data."""

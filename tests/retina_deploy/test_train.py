@@ -31,6 +31,8 @@ from retina_deploy.model import build_model
 from retina_deploy.predict import TorchPredictor, evaluate_predictor
 from retina_deploy.runtime.preprocess import PreprocessConfig
 from retina_deploy.training.distributed import epoch_batches, iters_per_epoch
+from retina_deploy.training.loop import StepOptions, train_step
+from retina_deploy.training.loop import StepOptions, train_step
 from retina_deploy.training.optim import LRSchedule, clamp_warmup
 from retina_deploy.training.run import TrainConfig, train
 
@@ -229,6 +231,40 @@ def test_predictions_map_back_to_original_pixels(tmp_path):
         assert whole == pytest.approx([0, 0, w, h], abs=1.0)
         assert quarter == pytest.approx([w / 4, h / 4, w / 2, h / 2], abs=1.0)
         assert max(w, h) > 128  # so input pixels would have failed the checks above
+
+
+def test_cls_loss_weight_scales_only_the_classification_gradient():
+    # With plain SGD at lr 1 the update is minus the gradient: it must be 3 * d(loss_cls) + d(loss_box).
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", backbone_norm="bn", num_classes=3)).train()
+    images = torch.randn(2, 3, 128, 128)
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.tensor([[30.0, 5.0, 90.0, 40.0]]), "labels": torch.tensor([0])},
+    ]
+    params = [p for p in model.parameters() if p.requires_grad]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = model(images, targets)
+    grad_cls = torch.autograd.grad(losses["loss_cls"], params, retain_graph=True, allow_unused=True)
+    grad_box = torch.autograd.grad(losses["loss_box"], params, allow_unused=True)
+    model.load_state_dict(state)  # the forward pass above moved the BatchNorm running statistics
+    before = [p.detach().clone() for p in params]
+    opts = StepOptions(torch.device("cpu"), cls_loss_weight=3.0)
+    logged = train_step(model, images, targets, torch.optim.SGD(params, lr=1.0), opts)
+    assert logged.tolist() == pytest.approx([losses["loss_cls"].item(), losses["loss_box"].item()], rel=1e-5)
+    both = 0
+    for p, p0, gc, gb in zip(params, before, grad_cls, grad_box, strict=True):
+        expected = 3.0 * (gc if gc is not None else 0) + (gb if gb is not None else 0)
+        torch.testing.assert_close(p0 - p.detach(), torch.as_tensor(expected).expand_as(p0), rtol=1e-3, atol=1e-6)
+        both += gc is not None and gb is not None
+    assert both > 0  # the shared backbone and FPN get both gradients
+
+
+@pytest.mark.parametrize("weight", [0, -1.0, math.nan, math.inf, True, "8"])
+def test_cls_loss_weight_refuses_bad_values(shapes, tmp_path, weight):
+    with pytest.raises(ConfigError, match="cls_loss_weight"):
+        tiny_config(shapes, tmp_path / "a", iters=1, cls_loss_weight=weight)
+    assert not (tmp_path / "a").exists()
 
 
 def test_bad_inputs(shapes, tmp_path):
