@@ -11,7 +11,8 @@ models see the same tensors.
 The training is ours, so that only the model and its losses differ: ``DetectionDataset`` (hflip, batch order
 and augmentation from the seed), AdamW without decay on biases and norms, linear warm-up and the lr
 schedule of ``retina-deploy train --schedule`` (cosine by default) ending at the run's length, gradient
-clipping at 10, and (with ``--ema-decay``) the same moving average. Validation uses
+clipping at 10, the classification loss's weight (``--cls-loss-weight``), bf16 autocast (``--amp bf16``),
+and (with ``--ema-decay``) the same moving average. Validation uses
 ``predict.evaluate_predictor``, the COCO evaluation of ``retina-deploy eval``, every ``--val-every``
 iterations and at the end; with an average both the averaged and the trained weights are scored.
 
@@ -120,13 +121,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="lr decay; default: %(default)s")
     p.add_argument("--weight-decay", type=float, default=0.05, help="default: %(default)s")
     p.add_argument("--warmup-iters", type=int, default=50, help="default: %(default)s")
+    p.add_argument(
+        "--cls-loss-weight", type=float, default=1.0, help="weight of the classification loss; default: %(default)s"
+    )
+    p.add_argument(
+        "--amp", choices=["none", "bf16"], default="none", help="bf16 autocast (CPUs with native bf16); default: none"
+    )
     p.add_argument("--grad-clip", type=float, default=10.0, help="default: %(default)s")
     p.add_argument("--ema-decay", type=float, default=None, help="also average the weights (default: none)")
     p.add_argument("--hflip", type=float, default=0.5, help="default: %(default)s")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--val-every", type=int, default=400, help="iterations between validations; default: %(default)s")
     p.add_argument("--json", type=Path, default=None, help="write the curve here (rewritten after each validation)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not (args.cls_loss_weight > 0 and args.cls_loss_weight != float("inf")):
+        p.error(f"--cls-loss-weight must be a finite number > 0, got {args.cls_loss_weight}")
+    return args
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -167,8 +177,9 @@ def run(args: argparse.Namespace) -> dict:
         for images, targets in loader:
             set_lr(optimizer, schedule.lr(iteration))
             tv_targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-            losses = model(list(images), tv_targets)
-            total = losses["classification"] + losses["bbox_regression"]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+                losses = model(list(images), tv_targets)
+            total = args.cls_loss_weight * losses["classification"] + losses["bbox_regression"]
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)

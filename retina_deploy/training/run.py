@@ -145,7 +145,11 @@ class _Run:
         scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         self.ema = None if cfg.ema_decay is None else ModelEMA(self.model, cfg.ema_decay)
         self.step_opts = StepOptions(
-            self.device, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip, cls_loss_weight=cfg.cls_loss_weight, scaler=scaler
+            self.device,
+            amp_dtype=amp_dtype,
+            grad_clip=cfg.grad_clip,
+            cls_loss_weight=cfg.cls_loss_weight,
+            scaler=scaler,
         )
 
     def _config_record(self) -> dict[str, Any]:

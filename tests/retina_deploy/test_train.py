@@ -32,7 +32,6 @@ from retina_deploy.predict import TorchPredictor, evaluate_predictor
 from retina_deploy.runtime.preprocess import PreprocessConfig
 from retina_deploy.training.distributed import epoch_batches, iters_per_epoch
 from retina_deploy.training.loop import StepOptions, train_step
-from retina_deploy.training.loop import StepOptions, train_step
 from retina_deploy.training.optim import LRSchedule, clamp_warmup
 from retina_deploy.training.run import TrainConfig, train
 
