@@ -130,6 +130,8 @@ def test_demo_refuses_a_foreign_folder(tmp_path, capsys):
         ({"size": 100}, "100"),
         ({"seed": -1}, "--seed"),
         ({"lr": float("nan")}, "--lr"),
+        ({"cls_loss_weight": 0.0}, "--cls-loss-weight"),
+        ({"cls_loss_weight": float("inf")}, "--cls-loss-weight"),
         ({"bench_duration_s": 0.0}, "--bench-duration-s"),
         ({"backbone": "vgg16"}, "vgg16"),
         ({"optimizer": "adam"}, "adam"),
