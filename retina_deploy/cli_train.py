@@ -107,8 +107,8 @@ def add_train_arguments(p) -> None:
     m.add_argument(
         "--cls-loss-weight",
         type=float,
-        help="the classification loss's weight; the box loss's is 1. 8 learns classes from scratch in far fewer"
-        f" images (default: {d['cls_loss_weight'].default})",
+        help="the classification loss's weight; the box loss's is 1. 8 (the CPU recipe) learns the classes from"
+        f" scratch in fewer images (default: {d['cls_loss_weight'].default})",
     )
     m.add_argument(
         "--size",

@@ -52,7 +52,7 @@ class TrainConfig:
         (x0.1 at 2/3 and 8/9 of the run).
     cls_loss_weight: the classification loss's weight in the total (the box loss's is 1). Above 1 the
         shared backbone and FPN learn the classes sooner: from scratch on make-shapes, 8 lifts AP50 at
-        5,000 images seen from 0.47 to 0.75 (BENCHMARKS.md). 1 is the paper's and torchvision's.
+        5,000 images seen from 0.47 to 0.70, mean of three seeds (BENCHMARKS.md). 1 is the paper's and torchvision's.
     grad_clip: max global gradient L2 norm, None for no clipping (10 only clips loss spikes).
     ema_decay: keep an exponential moving average of the weights with this decay (ramped up over the
         first updates, see ``training.ema``), None for none. With it, validation, best/ and last/ use the

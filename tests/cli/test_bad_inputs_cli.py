@@ -612,6 +612,8 @@ CASES = [
     ("train/batch_size_0", None, [*TRAIN, "--batch-size", "0", "--out", "R"], ("batch_size",), ["R"]),
     ("train/iters_0", None, [*TRAIN, "--iters", "0", "--out", "R"], ("iters",), ["R"]),
     ("train/lr_nan", None, [*TRAIN, "--lr", "nan", "--out", "R"], ("lr",), ["R"]),
+    ("train/cls_loss_weight_0", None, [*TRAIN, "--cls-loss-weight", "0", "--out", "R"], ("cls_loss_weight",), ["R"]),
+    ("train/cls_weight_inf", None, [*TRAIN, "--cls-loss-weight", "inf", "--out", "R"], ("cls_loss_weight",), ["R"]),
     ("train/hflip_2", None, [*TRAIN, "--hflip", "2", "--out", "R"], ("hflip",), ["R"]),
     ("train/momentum_nan", None, [*TRAIN, "--momentum", "nan", "--out", "R"], ("momentum",), ["R"]),
     (
