@@ -105,6 +105,12 @@ def add_train_arguments(p) -> None:
         "--focal-loss-gamma", type=float, help=f"focusing exponent (default: {d['focal_loss_gamma'].default})"
     )
     m.add_argument(
+        "--focal-loss-gamma-fg",
+        type=float,
+        help="focusing exponent at anchors on an object, all classes there; 0 (the CPU recipe) learns the classes"
+        " apart in fewer images (default: --focal-loss-gamma)",
+    )
+    m.add_argument(
         "--cls-loss-weight",
         type=float,
         help="the classification loss's weight; the box loss's is 1. 8 (the CPU recipe) learns the classes from"

@@ -46,6 +46,10 @@ class ModelConfig:
     anchor_sizes: base size per level P3..P7; each level adds 2^(1/3) and 2^(2/3) scales,
         truncated to int as torchvision does (32 -> 32, 40, 50), with aspect ratios 0.5, 1, 2.
     focal_loss_alpha, focal_loss_gamma: the sigmoid focal loss parameters.
+    focal_loss_gamma_fg: the focusing exponent at anchors matched to an object (for all classes there),
+        None for focal_loss_gamma everywhere (the paper). The focal term is meant for the many easy
+        background anchors; on an object it also mutes the wrong classes once they score below ~0.3,
+        which slows learning the classes apart. 0 (plain cross-entropy on objects) does not.
     prior_prob: initial foreground probability; the classifier bias is -log((1 - p) / p).
     fg_iou_thresh, bg_iou_thresh: IoU >= fg is foreground, < bg background, between is ignored;
         each ground-truth box also keeps its best anchors (low-quality matches).
@@ -64,6 +68,7 @@ class ModelConfig:
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     focal_loss_alpha: float = 0.25
     focal_loss_gamma: float = 2.0
+    focal_loss_gamma_fg: float | None = None
     prior_prob: float = 0.01
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.4
@@ -92,6 +97,11 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        gamma_fg = self.focal_loss_gamma_fg
+        if gamma_fg is not None and (
+            isinstance(gamma_fg, bool) or not isinstance(gamma_fg, numbers.Real) or not 0 <= gamma_fg < math.inf
+        ):
+            raise ConfigError(f"focal_loss_gamma_fg must be a finite number >= 0 or None, got {gamma_fg!r}")
         if self.backbone not in BACKBONE_DEPTHS:
             raise ConfigError(f"backbone {self.backbone!r} is not one of {sorted(BACKBONE_DEPTHS)}")
         if self.backbone_norm not in ("frozen_bn", "bn"):

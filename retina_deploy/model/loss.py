@@ -24,23 +24,32 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
 
 
 def focal_loss_per_anchor(
-    logits: Tensor, foreground: Tensor, fg_classes: Tensor, alpha: float = 0.25, gamma: float = 2.0
+    logits: Tensor,
+    foreground: Tensor,
+    fg_classes: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    gamma_fg: float | None = None,
 ) -> Tensor:
     """Focal loss summed over classes, per anchor: [B, N] from ``logits`` [B, N, C] (float32).
 
     Equal to ``sigmoid_focal_loss(logits, one_hot).sum(-1)`` where ``one_hot`` has a single 1 at
     (b, n, fg_classes[k]) for the k-th foreground anchor (b, n) of ``foreground`` [B, N] (row-major
-    order) and zeros elsewhere. It treats every entry as a negative, (1 - alpha) p^gamma softplus(x), and
-    then swaps in alpha (1 - p)^gamma softplus(-x) at the few positive entries: a handful of passes over
-    the [B, N, C] tensor instead of the element-wise form's dozen, which dominate the loss's time.
+    order) and zeros elsewhere, with exponent ``gamma_fg`` (None: ``gamma``) on the foreground anchors'
+    rows. It treats every entry as a negative, (1 - alpha) p^gamma softplus(x), and then recomputes the
+    few foreground rows: a handful of passes over the [B, N, C] tensor instead of the element-wise form's
+    dozen, which dominate the loss's time.
     """
     neg_weight, pos_weight = (1.0 - alpha, alpha) if alpha >= 0 else (1.0, 1.0)
-    as_negative = torch.sigmoid(logits).pow(gamma) * F.softplus(logits)  # [B, N, C], unweighted
-    per_anchor = as_negative.sum(dim=2) * neg_weight
+    per_anchor = (torch.sigmoid(logits).pow(gamma) * F.softplus(logits)).sum(dim=2) * neg_weight
     b, n = foreground.nonzero(as_tuple=True)
-    x = logits[b, n, fg_classes]
-    as_positive = torch.sigmoid(-x).pow(gamma) * F.softplus(-x) * pos_weight
-    return per_anchor.index_put((b, n), as_positive - as_negative[b, n, fg_classes] * neg_weight, accumulate=True)
+    rows = logits[b, n]  # [K, C]
+    g = gamma if gamma_fg is None else gamma_fg
+    target = fg_classes[:, None]
+    as_negative = (torch.sigmoid(rows).pow(g) * F.softplus(rows)).scatter(1, target, 0.0)
+    x = rows.gather(1, target)[:, 0]
+    as_positive = torch.sigmoid(-x).pow(g) * F.softplus(-x)
+    return per_anchor.index_put((b, n), as_negative.sum(dim=1) * neg_weight + as_positive * pos_weight)
 
 
 def retinanet_loss(
@@ -89,7 +98,12 @@ def retinanet_loss(
 
     valid = (matches_t != IGNORE).to(torch.float32)  # [B, N]
     focal = focal_loss_per_anchor(
-        cls_logits.float(), foreground, torch.cat(fg_classes), cfg.focal_loss_alpha, cfg.focal_loss_gamma
+        cls_logits.float(),
+        foreground,
+        torch.cat(fg_classes),
+        cfg.focal_loss_alpha,
+        cfg.focal_loss_gamma,
+        cfg.focal_loss_gamma_fg,
     )
     loss_cls = (focal * valid).sum(dim=1) / num_fg
     return {"loss_cls": loss_cls.sum() / batch, "loss_box": loss_box / max(1, batch)}

@@ -32,7 +32,7 @@ class TrainConfig:
     out: the run folder; must be absent or empty (use ``for_resume`` to continue a run).
     val_images, val_annotations: optional validation set, evaluated (COCO AP) after every epoch.
     backbone, backbone_norm, head_norm, box_loss, fpn_channels, p6_from, anchor_sizes, focal_loss_alpha,
-        focal_loss_gamma: the model (see
+        focal_loss_gamma, focal_loss_gamma_fg: the model (see
         ``ModelConfig``, which says when to choose which; "bn" becomes SyncBatchNorm across GPUs).
     backbone_weights: a local torchvision ImageNet ResNet file (.pth or .safetensors), or None (random).
     init_weights: a checkpoint folder (a run's best/ or last/, or convert-weights' output) whose every
@@ -82,6 +82,7 @@ class TrainConfig:
     anchor_sizes: tuple[int, ...] = ModelConfig.anchor_sizes
     focal_loss_alpha: float = ModelConfig.focal_loss_alpha
     focal_loss_gamma: float = ModelConfig.focal_loss_gamma
+    focal_loss_gamma_fg: float | None = ModelConfig.focal_loss_gamma_fg
     size: tuple[int, int] = (512, 512)
     batch_size: int = 8
     epochs: int | None = None
@@ -135,6 +136,7 @@ class TrainConfig:
             anchor_sizes=self.anchor_sizes,
             focal_loss_alpha=self.focal_loss_alpha,
             focal_loss_gamma=self.focal_loss_gamma,
+            focal_loss_gamma_fg=self.focal_loss_gamma_fg,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,8 +185,10 @@ def _validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ConfigError(f"{name} must be a number > 0 or None, got {value!r}")
-    for name in ("focal_loss_alpha", "focal_loss_gamma"):
+    for name in ("focal_loss_alpha", "focal_loss_gamma", "focal_loss_gamma_fg"):
         value = getattr(cfg, name)
+        if value is None and name == "focal_loss_gamma_fg":  # the same as focal_loss_gamma
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
     if cfg.ema_decay is not None and not (

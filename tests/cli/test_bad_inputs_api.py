@@ -111,6 +111,8 @@ MODEL_CONFIGS = [
     {"fpn_channels": 48, "head_norm": "groupnorm"},
     {"prior_prob": 1.0},
     {"focal_loss_alpha": 2.0},
+    {"focal_loss_gamma_fg": -1.0},
+    {"focal_loss_gamma_fg": math.nan},
     {"bbox_reg_clamp": -1.0},
     {"topk_candidates": 0},
     {"fg_iou_thresh": math.nan},

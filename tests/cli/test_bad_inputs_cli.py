@@ -138,6 +138,7 @@ CKPT_CONFIG_CASES = [
     ("num_classes_string", model_edit("num_classes", "6"), "num_classes"),
     ("fpn_channels_zero", model_edit("fpn_channels", 0), "fpn_channels"),
     ("focal_gamma_nan", model_edit("focal_loss_gamma", math.nan), "focal_loss_gamma"),
+    ("focal_gamma_fg_string", model_edit("focal_loss_gamma_fg", "0"), "focal_loss_gamma_fg"),
     ("backbone_unknown", model_edit("backbone", "vgg16"), "vgg16"),
     ("model_unknown_key", model_edit("dropout", 0.1), "dropout"),
     ("size_strings", config_edit(lambda c: c["preprocess"].update(size=["x", "y"])), "size"),
@@ -614,6 +615,7 @@ CASES = [
     ("train/lr_nan", None, [*TRAIN, "--lr", "nan", "--out", "R"], ("lr",), ["R"]),
     ("train/cls_loss_weight_0", None, [*TRAIN, "--cls-loss-weight", "0", "--out", "R"], ("cls_loss_weight",), ["R"]),
     ("train/cls_weight_inf", None, [*TRAIN, "--cls-loss-weight", "inf", "--out", "R"], ("cls_loss_weight",), ["R"]),
+    ("train/gamma_fg_negative", None, [*TRAIN, "--focal-loss-gamma-fg", "-1", "--out", "R"], ("gamma_fg",), ["R"]),
     ("train/hflip_2", None, [*TRAIN, "--hflip", "2", "--out", "R"], ("hflip",), ["R"]),
     ("train/momentum_nan", None, [*TRAIN, "--momentum", "nan", "--out", "R"], ("momentum",), ["R"]),
     (

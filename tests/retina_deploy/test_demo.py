@@ -132,6 +132,7 @@ def test_demo_refuses_a_foreign_folder(tmp_path, capsys):
         ({"lr": float("nan")}, "--lr"),
         ({"cls_loss_weight": 0.0}, "--cls-loss-weight"),
         ({"cls_loss_weight": float("inf")}, "--cls-loss-weight"),
+        ({"focal_loss_gamma_fg": -1.0}, "focal_loss_gamma_fg"),
         ({"bench_duration_s": 0.0}, "--bench-duration-s"),
         ({"backbone": "vgg16"}, "vgg16"),
         ({"optimizer": "adam"}, "adam"),

@@ -92,8 +92,8 @@ def test_config_refuses_bad_decay(shapes, tmp_path, bad):
         tiny_config(shapes, tmp_path / "run", iters=1, ema_decay=bad)
 
 
-@pytest.mark.parametrize("field", ["focal_loss_alpha", "focal_loss_gamma"])
-@pytest.mark.parametrize("bad", [math.nan, -0.1])
+@pytest.mark.parametrize("field", ["focal_loss_alpha", "focal_loss_gamma", "focal_loss_gamma_fg"])
+@pytest.mark.parametrize("bad", [math.nan, -0.1, math.inf, True])
 def test_config_refuses_bad_focal_parameters(shapes, tmp_path, field, bad):
     with pytest.raises(ConfigError, match=field):
         tiny_config(shapes, tmp_path / "run", iters=1, **{field: bad})
@@ -102,7 +102,9 @@ def test_config_refuses_bad_focal_parameters(shapes, tmp_path, field, bad):
 def test_focal_parameters_reach_the_model(shapes, tmp_path):
     cfg = tiny_config(shapes, tmp_path / "run", iters=1, focal_loss_alpha=0.5, focal_loss_gamma=1.0)
     model_cfg = cfg.model_config(num_classes=6)
-    assert (model_cfg.focal_loss_alpha, model_cfg.focal_loss_gamma) == (0.5, 1.0)
+    assert (model_cfg.focal_loss_alpha, model_cfg.focal_loss_gamma, model_cfg.focal_loss_gamma_fg) == (0.5, 1.0, None)
+    cfg = tiny_config(shapes, tmp_path / "run", iters=1, focal_loss_gamma_fg=0.0)
+    assert cfg.model_config(num_classes=6).focal_loss_gamma_fg == 0.0
 
 
 def test_recipe_schedule_ends_at_zero():
@@ -123,7 +125,7 @@ def test_resume_restores_the_average_exactly(shapes, tmp_path):
     state = torch.load(killed / "train_state.pt", weights_only=True)
     assert state["progress"]["iteration"] == 4 and state["ema"]["updates"] == 4
     saved = json.loads((killed / "config.json").read_text())
-    for name in ("focal_loss_alpha", "focal_loss_gamma"):  # as a run saved before these fields existed
+    for name in ("focal_loss_alpha", "focal_loss_gamma", "focal_loss_gamma_fg"):  # as saved before these existed
         del saved["train"][name]
     (killed / "config.json").write_text(json.dumps(saved))
     resumed = train(TrainConfig.for_resume(killed))

@@ -10,7 +10,7 @@ from retina_deploy.config import ModelConfig
 from retina_deploy.errors import ConfigError
 from retina_deploy.model import box_coder, build_model
 from retina_deploy.model.anchors import anchors_for_grids, cell_anchors, grids_for_input, level_scales
-from retina_deploy.model.loss import sigmoid_focal_loss
+from retina_deploy.model.loss import focal_loss_per_anchor, sigmoid_focal_loss
 from retina_deploy.model.matcher import BACKGROUND, IGNORE, match_anchors
 
 
@@ -77,6 +77,34 @@ def test_focal_loss_matches_torchvision():
     torch.testing.assert_close(
         sigmoid_focal_loss(logits, targets, alpha=-1, gamma=0.5), tv_focal(logits, targets, alpha=-1, gamma=0.5)
     )
+
+
+@pytest.mark.parametrize("gamma_fg", [None, 2.0, 0.0, 0.5])
+def test_focal_loss_per_anchor_is_the_element_wise_sum(gamma_fg):
+    # Two images of 30 anchors, 4 classes; on foreground anchors the exponent is gamma_fg (None: gamma).
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 30, 4, generator=g) * 3
+    foreground = torch.rand(2, 30, generator=g) > 0.7
+    b, n = foreground.nonzero(as_tuple=True)
+    fg_classes = torch.randint(0, 4, (b.numel(),), generator=g)
+    one_hot = torch.zeros_like(logits)
+    one_hot[b, n, fg_classes] = 1.0
+    expected = sigmoid_focal_loss(logits, one_hot, alpha=0.25, gamma=2.0).sum(-1)
+    on_objects = sigmoid_focal_loss(logits, one_hot, alpha=0.25, gamma=2.0 if gamma_fg is None else gamma_fg)
+    expected[foreground] = on_objects.sum(-1)[foreground]
+    got = focal_loss_per_anchor(logits, foreground, fg_classes, 0.25, 2.0, gamma_fg)
+    torch.testing.assert_close(got, expected)
+
+
+def test_gamma_fg_0_gives_wrong_classes_on_an_object_the_cross_entropy_gradient():
+    # One anchor on an object of class 0 where class 1 scores p = 0.2. Cross-entropy pushes class 1's logit
+    # down by (1 - alpha) p = 0.15; the focal term (gamma 2) by 0.0167, nine times less.
+    p = 0.2
+    for gamma_fg, expected in ((0.0, 0.75 * p), (None, 0.75 * (2 * p * p * (1 - p) * -math.log(1 - p) + p**3))):
+        logits = torch.tensor([[[0.0, math.log(p / (1 - p))]]], requires_grad=True)
+        loss = focal_loss_per_anchor(logits, torch.tensor([[True]]), torch.tensor([0]), 0.25, 2.0, gamma_fg)
+        loss.sum().backward()
+        assert logits.grad[0, 0, 1].item() == pytest.approx(expected, rel=1e-5)
 
 
 ANCHORS = torch.tensor(
