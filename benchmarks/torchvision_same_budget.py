@@ -11,7 +11,8 @@ models see the same tensors.
 The training is ours, so that only the model and its losses differ: ``DetectionDataset`` (hflip, batch order
 and augmentation from the seed), AdamW without decay on biases and norms, linear warm-up and the lr
 schedule of ``retina-deploy train --schedule`` (cosine by default) ending at the run's length, gradient
-clipping at 10, the classification loss's weight (``--cls-loss-weight``), bf16 autocast (``--amp bf16``),
+clipping at 10, the classification loss's weight (``--cls-loss-weight``), the focal exponent at anchors on an
+object (``--focal-loss-gamma-fg``, given to torchvision's classification loss), bf16 autocast (``--amp bf16``),
 and (with ``--ema-decay``) the same moving average. Validation uses
 ``predict.evaluate_predictor``, the COCO evaluation of ``retina-deploy eval``, every ``--val-every``
 iterations and at the end; with an average both the averaged and the trained weights are scored.
@@ -38,6 +39,7 @@ from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from retina_deploy.config import BACKBONE_CHANNELS
@@ -84,6 +86,27 @@ def torchvision_retinanet(
     )
 
 
+def set_focal_loss_gamma_fg(model: TorchvisionRetinaNet, gamma_fg: float) -> None:
+    """torchvision's classification loss with exponent ``gamma_fg`` (not 2) on the anchors matched to an object,
+    as ``retina-deploy train --focal-loss-gamma-fg``; otherwise the same: summed over the non-ignored anchors
+    and classes, divided by the image's foreground anchors, averaged over images."""
+    head = model.head.classification_head
+
+    def compute_loss(targets, head_outputs, matched_idxs):
+        losses = []
+        for target, logits, matched in zip(targets, head_outputs["cls_logits"], matched_idxs, strict=True):
+            fg = matched >= 0
+            one_hot = torch.zeros_like(logits)
+            one_hot[fg, target["labels"][matched[fg]]] = 1.0
+            bg = (matched != head.BETWEEN_THRESHOLDS) & ~fg
+            on_bg = sigmoid_focal_loss(logits[bg], one_hot[bg], reduction="sum")
+            on_fg = sigmoid_focal_loss(logits[fg], one_hot[fg], gamma=gamma_fg, reduction="sum")
+            losses.append((on_bg + on_fg) / max(1, int(fg.sum())))
+        return sum(losses) / len(targets)
+
+    head.compute_loss = compute_loss
+
+
 class BatchedInput(nn.Module):
     """torchvision's model behind our models' inference call: images [B, 3, H, W] -> list of dicts."""
 
@@ -125,6 +148,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cls-loss-weight", type=float, default=1.0, help="weight of the classification loss; default: %(default)s"
     )
     p.add_argument(
+        "--focal-loss-gamma-fg",
+        type=float,
+        default=None,
+        help="focal exponent at anchors on an object (default: 2, torchvision's everywhere)",
+    )
+    p.add_argument(
         "--amp", choices=["none", "bf16"], default="none", help="bf16 autocast (CPUs with native bf16); default: none"
     )
     p.add_argument("--grad-clip", type=float, default=10.0, help="default: %(default)s")
@@ -136,6 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not (args.cls_loss_weight > 0 and args.cls_loss_weight != float("inf")):
         p.error(f"--cls-loss-weight must be a finite number > 0, got {args.cls_loss_weight}")
+    if args.focal_loss_gamma_fg is not None and not 0 <= args.focal_loss_gamma_fg < float("inf"):
+        p.error(f"--focal-loss-gamma-fg must be a finite number >= 0, got {args.focal_loss_gamma_fg}")
     return args
 
 
@@ -153,6 +184,8 @@ def run(args: argparse.Namespace) -> dict:
         fpn_channels=args.fpn_channels,
         anchor_sizes=tuple(args.anchor_sizes),
     ).train()
+    if args.focal_loss_gamma_fg is not None:
+        set_focal_loss_gamma_fg(model, args.focal_loss_gamma_fg)
     optimizer = build_optimizer(model, name="adamw", lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     schedule = LRSchedule(args.lr, args.schedule, args.iters, clamp_warmup(args.warmup_iters, args.iters))
     ema = None if args.ema_decay is None else ModelEMA(model, args.ema_decay)
