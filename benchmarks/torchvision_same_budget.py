@@ -11,11 +11,11 @@ models see the same tensors.
 The training is ours, so that only the model and its losses differ: ``DetectionDataset`` (hflip, batch order
 and augmentation from the seed), AdamW without decay on biases and norms, linear warm-up and the lr
 schedule of ``retina-deploy train --schedule`` (cosine by default) ending at the run's length, gradient
-clipping at 10, the classification loss's weight (``--cls-loss-weight``), the focal exponent at anchors on an
-object (``--focal-loss-gamma-fg``, given to torchvision's classification loss), bf16 autocast (``--amp bf16``),
-and (with ``--ema-decay``) the same moving average. Validation uses
-``predict.evaluate_predictor``, the COCO evaluation of ``retina-deploy eval``, every ``--val-every``
-iterations and at the end; with an average both the averaged and the trained weights are scored.
+clipping at 10, the classification loss's weight (``--cls-loss-weight``), the focal loss's alpha and its
+exponent at anchors on an object (``--focal-loss-alpha``, ``--focal-loss-gamma-fg``: torchvision's classification
+loss with these values), bf16 autocast (``--amp bf16``), and (with ``--ema-decay``) the same moving average.
+Validation uses ``predict.evaluate_predictor``, the COCO evaluation of ``retina-deploy eval``, every
+``--val-every`` iterations and at the end; with an average both the averaged and the trained weights are scored.
 
     python benchmarks/torchvision_same_budget.py --images train/images --annotations train/annotations.json \\
         --val-images val/images --val-annotations val/annotations.json --iters 1250 --json tv.json
@@ -86,10 +86,11 @@ def torchvision_retinanet(
     )
 
 
-def set_focal_loss_gamma_fg(model: TorchvisionRetinaNet, gamma_fg: float) -> None:
-    """torchvision's classification loss with exponent ``gamma_fg`` (not 2) on the anchors matched to an object,
-    as ``retina-deploy train --focal-loss-gamma-fg``; otherwise the same: summed over the non-ignored anchors
-    and classes, divided by the image's foreground anchors, averaged over images."""
+def set_focal_loss(model: TorchvisionRetinaNet, alpha: float, gamma_fg: float) -> None:
+    """torchvision's classification loss with ``alpha`` (not 0.25) and exponent ``gamma_fg`` (not 2) on the anchors
+    matched to an object, as ``retina-deploy train --focal-loss-alpha --focal-loss-gamma-fg``; otherwise the same:
+    summed over the non-ignored anchors and classes, divided by the image's foreground anchors, averaged over images.
+    """
     head = model.head.classification_head
 
     def compute_loss(targets, head_outputs, matched_idxs):
@@ -99,8 +100,8 @@ def set_focal_loss_gamma_fg(model: TorchvisionRetinaNet, gamma_fg: float) -> Non
             one_hot = torch.zeros_like(logits)
             one_hot[fg, target["labels"][matched[fg]]] = 1.0
             bg = (matched != head.BETWEEN_THRESHOLDS) & ~fg
-            on_bg = sigmoid_focal_loss(logits[bg], one_hot[bg], reduction="sum")
-            on_fg = sigmoid_focal_loss(logits[fg], one_hot[fg], gamma=gamma_fg, reduction="sum")
+            on_bg = sigmoid_focal_loss(logits[bg], one_hot[bg], alpha=alpha, reduction="sum")
+            on_fg = sigmoid_focal_loss(logits[fg], one_hot[fg], alpha=alpha, gamma=gamma_fg, reduction="sum")
             losses.append((on_bg + on_fg) / max(1, int(fg.sum())))
         return sum(losses) / len(targets)
 
@@ -147,6 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cls-loss-weight", type=float, default=1.0, help="weight of the classification loss; default: %(default)s"
     )
+    p.add_argument("--focal-loss-alpha", type=float, default=0.25, help="default: %(default)s")
     p.add_argument(
         "--focal-loss-gamma-fg",
         type=float,
@@ -167,6 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--cls-loss-weight must be a finite number > 0, got {args.cls_loss_weight}")
     if args.focal_loss_gamma_fg is not None and not 0 <= args.focal_loss_gamma_fg < float("inf"):
         p.error(f"--focal-loss-gamma-fg must be a finite number >= 0, got {args.focal_loss_gamma_fg}")
+    if not 0 <= args.focal_loss_alpha <= 1:
+        p.error(f"--focal-loss-alpha must be in [0, 1], got {args.focal_loss_alpha}")
     return args
 
 
@@ -184,8 +188,9 @@ def run(args: argparse.Namespace) -> dict:
         fpn_channels=args.fpn_channels,
         anchor_sizes=tuple(args.anchor_sizes),
     ).train()
-    if args.focal_loss_gamma_fg is not None:
-        set_focal_loss_gamma_fg(model, args.focal_loss_gamma_fg)
+    if args.focal_loss_gamma_fg is not None or args.focal_loss_alpha != 0.25:
+        gamma_fg = 2.0 if args.focal_loss_gamma_fg is None else args.focal_loss_gamma_fg
+        set_focal_loss(model, args.focal_loss_alpha, gamma_fg)
     optimizer = build_optimizer(model, name="adamw", lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     schedule = LRSchedule(args.lr, args.schedule, args.iters, clamp_warmup(args.warmup_iters, args.iters))
     ema = None if args.ema_decay is None else ModelEMA(model, args.ema_decay)
