@@ -107,7 +107,7 @@ def _add_device_flags(p) -> None:
 
 def _eval(args) -> int:
     from retina_deploy.data.coco import load_coco
-    from retina_deploy.evaluate import format_metrics_table
+    from retina_deploy.evaluate import best_f1_threshold, format_metrics_table, format_operating_point
     from retina_deploy.fileio import check_output_file, write_json_atomic
     from retina_deploy.predict import evaluate_predictor, load_predictor
 
@@ -122,12 +122,15 @@ def _eval(args) -> int:
     predictor = load_predictor(args.model, device=args.device, backend=args.backend)
     coco = load_coco(args.images, args.annotations)
     metrics, results = evaluate_predictor(predictor, coco, batch_size=args.batch_size, progress=progress_enabled())
+    best_f1 = best_f1_threshold(coco.annotations_path, results)
     # Files first: a closed stdout (``| head``) must not lose them.
     if args.json:
-        write_json_atomic(args.json, {"model": str(args.model), "images": len(coco), "metrics": metrics})
+        report = {"model": str(args.model), "images": len(coco), "metrics": metrics, "best_f1": best_f1}
+        write_json_atomic(args.json, report)
     if args.results:
         write_json_atomic(args.results, results)
     print(format_metrics_table(metrics))
+    print(format_operating_point(best_f1))
     return 0
 
 
@@ -166,12 +169,15 @@ def _predict(args) -> int:
 
 
 def _add_predict(sub) -> None:
+    from retina_deploy.predict import DEFAULT_DRAW_THRESH  # torch-free
+
     p = add_verb(sub, "predict", "Detect objects in images; write detections.json and annotated PNGs.", _predict)
     p.add_argument("model", help="checkpoint folder, .onnx, .engine or triton://host:port/model")
     p.add_argument("images", type=Path, nargs="+", help="JPEG, PNG or BMP files")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    p.add_argument("--draw-thresh", type=float, default=0.3, help="draw boxes scoring at least this")
+    p.add_argument("--draw-thresh", type=float, default=DEFAULT_DRAW_THRESH,
+                   help="draw boxes scoring at least this (`eval` prints the model's best-F1 threshold)")  # fmt: skip
     p.add_argument(
         "--overwrite", action="store_true", help="write into a non-empty --out that is not a previous predict's"
     )

@@ -194,6 +194,69 @@ def coco_evaluate(
     return {name: (None if value < 0 else float(value)) for name, value in zip(METRIC_NAMES, stats, strict=True)}
 
 
+def best_f1_threshold(
+    annotations: str | os.PathLike | Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    *,
+    iou_thresh: float = 0.5,
+) -> dict[str, float] | None:
+    """The score threshold at which ``results`` have the best F1 against ``annotations``: where to cut when
+    drawing or deploying a model whose scores are calibrated in its own way (the loss's alpha shifts them).
+
+    A detection is correct when it overlaps an unmatched object of its class at IoU >= ``iou_thresh``; objects
+    are matched greedily in score order per image and class, as COCOeval does. Crowd boxes are not objects to
+    find, and a detection on one (IoU >= ``iou_thresh``) counts neither way. Returns ``{"score_thresh",
+    "precision", "recall", "f1"}`` (keep detections scoring >= ``score_thresh``, rounded down to 0.001), or None
+    when no detection is correct. Raises DatasetError / ValueError as ``coco_evaluate`` does.
+    """
+    dataset = _load_ground_truth(annotations)
+    image_ids = {img["id"] for img in dataset["images"]}
+    detections = _results_as_annotations(results, image_ids, {cat["id"] for cat in dataset["categories"]})
+    objects: dict[tuple[int, int], list[list[float]]] = {}
+    crowds: dict[tuple[int, int], list[list[float]]] = {}
+    for ann in dataset["annotations"]:
+        boxes = crowds if ann["iscrowd"] else objects
+        boxes.setdefault((ann["image_id"], ann["category_id"]), []).append(ann["bbox"])
+    num_objects = sum(len(v) for v in objects.values())
+    if num_objects == 0:
+        raise DatasetError("the annotations hold no (non-crowd) objects; precision and recall are undefined")
+    scored: list[tuple[float, bool]] = []
+    for det in sorted(detections, key=lambda d: -d["score"]):
+        key = (det["image_id"], det["category_id"])
+        ious = _xywh_iou(det["bbox"], objects.get(key, []))
+        if ious.size and ious.max() >= iou_thresh:
+            objects[key].pop(int(ious.argmax()))  # matched: it cannot be found twice
+            scored.append((det["score"], True))
+        elif not (_xywh_iou(det["bbox"], crowds.get(key, [])) >= iou_thresh).any():
+            scored.append((det["score"], False))
+    if not any(correct for _, correct in scored):
+        return None
+    scores = np.array([s for s, _ in scored])
+    correct = np.cumsum([c for _, c in scored])
+    last = np.r_[scores[1:] != scores[:-1], True]  # a threshold keeps every detection of an equal score
+    precision = (correct / np.arange(1, len(scored) + 1))[last]
+    recall = correct[last] / num_objects
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(f1.argmax())
+    return {
+        "score_thresh": math.floor(float(scores[last][best]) * 1000) / 1000,
+        "precision": float(precision[best]),
+        "recall": float(recall[best]),
+        "f1": float(f1[best]),
+    }
+
+
+def _xywh_iou(box: Sequence[float], others: Sequence[Sequence[float]]) -> np.ndarray:
+    """IoU of one xywh box with each of ``others`` (xywh)."""
+    if not others:
+        return np.zeros(0)
+    b, o = np.asarray(box, dtype=np.float64), np.asarray(others, dtype=np.float64)
+    w = np.clip(np.minimum(b[0] + b[2], o[:, 0] + o[:, 2]) - np.maximum(b[0], o[:, 0]), 0, None)
+    h = np.clip(np.minimum(b[1] + b[3], o[:, 1] + o[:, 3]) - np.maximum(b[1], o[:, 1]), 0, None)
+    inter = w * h
+    return inter / np.maximum(b[2] * b[3] + o[:, 2] * o[:, 3] - inter, 1e-12)
+
+
 def _run_cocoeval(dataset: dict[str, Any], detections: list[dict[str, Any]], eval_ids: list[int]) -> Any:
     """Run COCOeval on prepared ground truth and detections; its prints go nowhere."""
     try:  # pycocotools comes with the `train` extra; the runtime alone does not need it
@@ -336,6 +399,16 @@ def _results_as_annotations(
             }
         )
     return detections
+
+
+def format_operating_point(best_f1: Mapping[str, float] | None) -> str:
+    """One line for ``best_f1_threshold``'s result."""
+    if best_f1 is None:
+        return "best F1: none (no detection is correct at IoU 0.5)"
+    return (
+        f"best F1 {best_f1['f1']:.3f} at score >= {best_f1['score_thresh']:.3f} (precision {best_f1['precision']:.3f},"
+        f" recall {best_f1['recall']:.3f} at IoU 0.5; e.g. predict --draw-thresh {best_f1['score_thresh']:.3f})"
+    )
 
 
 def format_metrics_table(metrics: Mapping[str, float | None]) -> str:

@@ -18,6 +18,8 @@ from retina_deploy.runtime.backends import backend_for_device, gpu_index
 from retina_deploy.runtime.detections import Detections, make_detections
 from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
 
+DEFAULT_DRAW_THRESH = 0.3  # boxes drawn on annotated images; `eval` prints the model's best-F1 threshold
+
 
 class Predictor(Protocol):
     """Anything that turns RGB uint8 images [h, w, 3] into Detections in original pixels."""
@@ -144,7 +146,7 @@ def predict_files(
     out_dir: str | os.PathLike,
     *,
     batch_size: int = 8,
-    draw_score_thresh: float = 0.3,
+    draw_score_thresh: float = DEFAULT_DRAW_THRESH,
     progress: bool = False,
     overwrite: bool = False,
 ) -> tuple[list[dict], list[str]]:

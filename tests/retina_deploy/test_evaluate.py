@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from retina_deploy.errors import DatasetError
-from retina_deploy.evaluate import METRIC_NAMES, coco_evaluate, format_metrics_table, to_coco_results
+from retina_deploy.evaluate import (
+    METRIC_NAMES,
+    best_f1_threshold,
+    coco_evaluate,
+    format_metrics_table,
+    format_operating_point,
+    to_coco_results,
+)
 
 # Category ids are 3 and 7 on purpose: model label 0 -> 3, label 1 -> 7.
 LABEL_TO_CATEGORY = [3, 7]
@@ -211,3 +218,52 @@ def test_matches_faster_coco_eval():
     for name, value in zip(METRIC_NAMES, theirs.stats[: len(METRIC_NAMES)], strict=True):
         expected = None if value < 0 else pytest.approx(float(value), abs=1e-9)
         assert ours[name] == expected, name
+
+
+def _record(image_id: int, category_id: int, bbox: list[float], score: float) -> dict:
+    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+
+
+def f1_results(duplicate_score: float = 0.7) -> list[dict]:
+    """Against make_ground_truth's 3 objects, in score order: hit, hit, duplicate of the first hit, a box on the
+    empty image 5, hit, wrong class."""
+    return [
+        _record(1, 3, [10, 10, 40, 40], 0.9),
+        _record(2, 7, [20, 30, 50, 50], 0.8),
+        _record(1, 3, [11, 10, 40, 40], duplicate_score),
+        _record(5, 3, [0, 0, 10, 10], 0.6),
+        _record(1, 7, [60, 50, 30, 20], 0.4),
+        _record(2, 3, [20, 30, 50, 50], 0.3),
+    ]
+
+
+def test_best_f1_threshold_hand_computed():
+    # cumulative (correct, kept) by threshold: 0.9 (1, 1), 0.8 (2, 2), 0.7 (2, 3), 0.6 (2, 4), 0.4 (3, 5), 0.3 (3, 6);
+    # F1 0.5, 0.8, 0.667, 0.571, 0.75, 0.667: the best keeps the two hits at >= 0.8
+    best = best_f1_threshold(make_ground_truth(), f1_results())
+    assert best == pytest.approx({"score_thresh": 0.8, "precision": 1.0, "recall": 2 / 3, "f1": 0.8})
+    assert format_operating_point(best).startswith("best F1 0.800 at score >= 0.800 (precision 1.000, recall 0.667")
+
+
+def test_best_f1_threshold_keeps_ties_together_and_ignores_crowd():
+    # the duplicate at 0.8 too: >= 0.8 keeps 3 with 2 correct (F1 0.667), so the best is >= 0.4 (3 of 5: 0.75)
+    best = best_f1_threshold(make_ground_truth(), f1_results(duplicate_score=0.8))
+    assert best == pytest.approx({"score_thresh": 0.4, "precision": 0.6, "recall": 1.0, "f1": 0.75})
+    # a crowd box under the detection on image 5: it counts neither way, so >= 0.4 keeps 4 with 3 correct
+    gt = make_ground_truth()
+    gt["annotations"].append({"id": 9, "image_id": 5, "category_id": 3, "bbox": [0, 0, 10, 10], "iscrowd": 1})
+    best = best_f1_threshold(gt, f1_results(duplicate_score=0.8))
+    assert best == pytest.approx({"score_thresh": 0.4, "precision": 0.75, "recall": 1.0, "f1": 6 / 7})
+
+
+def test_best_f1_threshold_without_a_correct_detection_or_objects():
+    wrong = [_record(1, 7, [10, 10, 40, 40], 0.9)]
+    assert best_f1_threshold(make_ground_truth(), wrong) is None
+    assert best_f1_threshold(make_ground_truth(), []) is None
+    assert format_operating_point(None).startswith("best F1: none")
+    gt = make_ground_truth()
+    gt["annotations"] = []
+    with pytest.raises(DatasetError, match="no \\(non-crowd\\) objects"):
+        best_f1_threshold(gt, wrong)
+    with pytest.raises(ValueError, match="finite score"):
+        best_f1_threshold(make_ground_truth(), [_record(1, 3, [10, 10, 40, 40], float("nan"))])
