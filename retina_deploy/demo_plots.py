@@ -22,7 +22,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SMOOTH_WINDOW = 50  # iterations in the moving average of the training losses
-PRED_SCORE_THRESH = 0.3  # the same threshold predict_files draws with
 GRID_IMAGES = 8
 GRID_PAIRS_PER_ROW = 2  # each pair is (ground truth, prediction): 4 columns
 CELL = 256  # pixels of each cell's longer side
@@ -153,11 +152,17 @@ def _prediction_records(detections_json: Path) -> dict[str, dict]:
 
 
 def val_grid(
-    images_dir: Path, annotations_json: Path, detections_json: Path, out_png: Path, *, num_images: int = GRID_IMAGES
+    images_dir: Path,
+    annotations_json: Path,
+    detections_json: Path,
+    out_png: Path,
+    *,
+    score_thresh: float,
+    num_images: int = GRID_IMAGES,
 ) -> tuple[Path, int, int] | None:
     """Tile (ground truth, prediction) pairs of the first ``num_images`` predicted val images into ``out_png``.
 
-    Ground-truth boxes (COCO xywh) are drawn as xyxy with score 1; predictions at score >= PRED_SCORE_THRESH.
+    Ground-truth boxes (COCO xywh) are drawn as xyxy with score 1; predictions at score >= ``score_thresh``.
     Returns (``out_png``, images shown, predicted boxes drawn), or None when no val image has a prediction record.
     """
     from retina_deploy.runtime.image_io import load_image
@@ -184,11 +189,9 @@ def val_grid(
         dets = record["detections"]
         boxes = np.array([d["box"] for d in dets], dtype=np.float64).reshape(-1, 4) * scale
         scores = np.array([d["score"] for d in dets], dtype=np.float64)
-        pred = draw_detections(
-            pixels, boxes, scores, [str(d["class_name"]) for d in dets], score_thresh=PRED_SCORE_THRESH
-        )
+        pred = draw_detections(pixels, boxes, scores, [str(d["class_name"]) for d in dets], score_thresh=score_thresh)
         pairs.append((gt, pred))
-        drawn += int((scores >= PRED_SCORE_THRESH).sum())
+        drawn += int((scores >= score_thresh).sum())
         if len(pairs) == num_images:
             break
     if not pairs:

@@ -189,17 +189,20 @@ def training_section(out: Path, summary: dict[str, Any]) -> Section:
 
 def val_grid_section(out: Path, summary: dict[str, Any]) -> Section:
     """Ground truth beside prediction for the first validation images (report/val_grid.png)."""
-    from retina_deploy.demo_plots import PRED_SCORE_THRESH, val_grid
+    from retina_deploy.demo_plots import val_grid
+    from retina_deploy.predict import DEFAULT_DRAW_THRESH
 
     predictions, val = _dict(summary.get("predictions")), _dict(summary.get("val"))
     section = Section("Validation images")
     detections = _inside(out, predictions.get("json"))
     images, annotations = _inside(out, val.get("images")), _inside(out, val.get("annotations"))
     missing = [p for p in (detections, images, annotations) if p is None or not p.exists()]
-    drawn = None
+    drawn, thresh = None, _num(predictions.get("draw_thresh"))
+    if thresh is None:  # a summary from before the threshold was recorded
+        thresh = DEFAULT_DRAW_THRESH
     if not missing:
         try:
-            drawn = val_grid(images, annotations, detections, out / REPORT_DIR / "val_grid.png")
+            drawn = val_grid(images, annotations, detections, out / REPORT_DIR / "val_grid.png", score_thresh=thresh)
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:  # ImageError is a ValueError
             section.blocks.append(Block("note", text=f"Validation grid: not drawn ({type(e).__name__}: {e})."))
             return section
@@ -211,11 +214,21 @@ def val_grid_section(out: Path, summary: dict[str, Any]) -> Section:
         Block(
             "p",
             text=f"{drawn[1]} validation images: ground truth (left) beside the predictions of {model} (right:"
-            f" {drawn[2]} boxes with score ≥ {PRED_SCORE_THRESH}). Ground-truth boxes are labelled with score 1.00.",
+            f" {drawn[2]} boxes with score ≥ {thresh:g}{_best_f1_text(predictions.get('best_f1'))})."
+            " Ground-truth boxes are labelled with score 1.00.",
         )
     )
     section.blocks.append(Block("img", text="ground truth beside prediction", path=f"{REPORT_DIR}/val_grid.png"))
     return section
+
+
+def _best_f1_text(best_f1: Any) -> str:
+    """ ", the threshold with the best F1 ..." for the grid's caption, or "" without a usable record."""
+    values = [_num(_dict(best_f1).get(k)) for k in ("f1", "precision", "recall")]
+    if any(v is None for v in values):
+        return ""
+    f1, precision, recall = values
+    return f", the best F1 on the validation set: {f1:.3f}, precision {precision:.3f}, recall {recall:.3f} at IoU 0.5"
 
 
 def stages_section(summary: dict[str, Any]) -> Section:

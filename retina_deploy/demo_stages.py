@@ -180,11 +180,13 @@ def _val(ctx: DemoContext):
 
 
 def _evaluate(ctx: DemoContext, rel: str, val) -> dict[str, Any]:
+    from retina_deploy.evaluate import best_f1_threshold
     from retina_deploy.predict import evaluate_predictor, load_predictor
 
-    metrics, _ = evaluate_predictor(load_predictor(ctx.path(rel)), val, progress=ctx.progress)
+    metrics, results = evaluate_predictor(load_predictor(ctx.path(rel)), val, progress=ctx.progress)
     entry = next(a for a in ctx.summary["artifacts"] if a["path"] == rel)
     entry.update({k: metrics[k] for k in ("AP", "AP50", "AP75")})
+    entry["best_f1"] = best_f1_threshold(val.annotations_path, results)
     return metrics
 
 
@@ -385,14 +387,23 @@ def bench_stage(ctx: DemoContext) -> StageDone:
 
 
 def predict_stage(ctx: DemoContext) -> StageDone:
-    from retina_deploy.predict import load_predictor, predict_files
+    """Draws at the score threshold with the best F1 on the val set (eval stage): the loss settings shift the
+    scores, so a fixed threshold would draw too many boxes for one model and too few for another."""
+    from retina_deploy.predict import DEFAULT_DRAW_THRESH, load_predictor, predict_files
 
     images = sorted(ctx.path("data/val/images").iterdir())[: ctx.recipe.predict_images]
-    records, _ = predict_files(load_predictor(ctx.path(ONNX_FP32)), images, ctx.path("predictions"))
-    ctx.summary["predictions"] = {"folder": "predictions", "model": ONNX_FP32, "json": "predictions/detections.json"}
-    found = sum(len(r.get("detections", [])) for r in records)
-    cmd = command("predict", ctx.arg(ONNX_FP32), *images, "--out", ctx.arg("predictions"))
-    return StageDone(f"{len(records)} annotated images, {found} detections in predictions/", [cmd], ["predictions"])
+    entry = next(a for a in ctx.summary["artifacts"] if a["path"] == ONNX_FP32)
+    best_f1 = entry.get("best_f1") or {}
+    thresh = best_f1.get("score_thresh", DEFAULT_DRAW_THRESH)
+    records, _ = predict_files(
+        load_predictor(ctx.path(ONNX_FP32)), images, ctx.path("predictions"), draw_score_thresh=thresh
+    )
+    ctx.summary["predictions"] = {"folder": "predictions", "model": ONNX_FP32, "json": "predictions/detections.json",
+                                  "draw_thresh": thresh, "best_f1": best_f1 or None}  # fmt: skip
+    drawn = sum(d["score"] >= thresh for r in records for d in r.get("detections", []))
+    cmd = command("predict", ctx.arg(ONNX_FP32), *images, "--out", ctx.arg("predictions"), "--draw-thresh", thresh)
+    return StageDone(f"{len(records)} annotated images, {drawn} boxes at score >= {thresh} in predictions/", [cmd],
+                     ["predictions"])  # fmt: skip
 
 
 # -- 11. report ------------------------------------------------------------------------------------

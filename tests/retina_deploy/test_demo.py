@@ -86,6 +86,23 @@ def test_recorded_fp16_command_reproduces_the_file(demo, tmp_path):
 
 
 @pytest.mark.slow
+def test_predictions_are_drawn_at_the_best_f1_threshold_that_eval_prints(demo, tmp_path, capsys):
+    out, summary, _ = demo
+    onnx = next(a for a in summary["artifacts"] if a["path"] == "model.onnx")
+    thresh = (onnx["best_f1"] or {}).get("score_thresh", 0.3)  # a toy model may find nothing: the default then
+    assert summary["predictions"]["draw_thresh"] == thresh
+    predict = next(s for s in summary["stages"] if s["name"] == "predict")["commands"][0]
+    assert shlex.split(predict)[-2:] == ["--draw-thresh", str(thresh)]
+    data = out / "data/val"
+    argv = ["eval", str(out / "model.onnx"), "--images", str(data / "images"), "--annotations",
+            str(data / "annotations.json"), "--json", str(tmp_path / "eval.json")]  # fmt: skip
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("best F1")
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["best_f1"] == onnx["best_f1"] and written["metrics"]["AP"] == onnx["AP"]
+
+
+@pytest.mark.slow
 def test_rerun_skips_done_stages_and_redoes_changed_ones(demo):
     out, first, _ = demo
     lines = []
@@ -133,6 +150,7 @@ def test_demo_refuses_a_foreign_folder(tmp_path, capsys):
         ({"cls_loss_weight": 0.0}, "--cls-loss-weight"),
         ({"cls_loss_weight": float("inf")}, "--cls-loss-weight"),
         ({"focal_loss_gamma_fg": -1.0}, "focal_loss_gamma_fg"),
+        ({"focal_loss_alpha": 1.5}, "focal_loss_alpha"),
         ({"bench_duration_s": 0.0}, "--bench-duration-s"),
         ({"backbone": "vgg16"}, "vgg16"),
         ({"optimizer": "adam"}, "adam"),
