@@ -214,7 +214,7 @@ def val_grid_section(out: Path, summary: dict[str, Any]) -> Section:
         Block(
             "p",
             text=f"{drawn[1]} validation images: ground truth (left) beside the predictions of {model} (right:"
-            f" {drawn[2]} boxes with score ≥ {thresh:g}{_best_f1_text(predictions.get('best_f1'))})."
+            f" {drawn[2]} boxes with score ≥ {thresh:g}{_best_f1_text(summary, predictions.get('model'))})."
             " Ground-truth boxes are labelled with score 1.00.",
         )
     )
@@ -222,9 +222,10 @@ def val_grid_section(out: Path, summary: dict[str, Any]) -> Section:
     return section
 
 
-def _best_f1_text(best_f1: Any) -> str:
-    """ ", the threshold with the best F1 ..." for the grid's caption, or "" without a usable record."""
-    values = [_num(_dict(best_f1).get(k)) for k in ("f1", "precision", "recall")]
+def _best_f1_text(summary: dict[str, Any], model: Any) -> str:
+    """ ", the best F1 ..." of artifact ``model`` for the grid's caption, or "" without a usable record."""
+    entry = next((a for a in _list(summary.get("artifacts")) if isinstance(a, dict) and a.get("path") == model), {})
+    values = [_num(_dict(entry.get("best_f1")).get(k)) for k in ("f1", "precision", "recall")]
     if any(v is None for v in values):
         return ""
     f1, precision, recall = values

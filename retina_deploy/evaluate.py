@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retina_deploy.errors import DatasetError
+from retina_deploy.runtime.host_nms import iou_one_to_many
 
 # Order and meaning of COCOeval.stats[0:9].
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
@@ -223,11 +224,11 @@ def best_f1_threshold(
     scored: list[tuple[float, bool]] = []
     for det in sorted(detections, key=lambda d: -d["score"]):
         key = (det["image_id"], det["category_id"])
-        ious = _xywh_iou(det["bbox"], objects.get(key, []))
+        ious = _iou(det["bbox"], objects.get(key, []))
         if ious.size and ious.max() >= iou_thresh:
             objects[key].pop(int(ious.argmax()))  # matched: it cannot be found twice
             scored.append((det["score"], True))
-        elif not (_xywh_iou(det["bbox"], crowds.get(key, [])) >= iou_thresh).any():
+        elif not (_iou(det["bbox"], crowds.get(key, [])) >= iou_thresh).any():
             scored.append((det["score"], False))
     if not any(correct for _, correct in scored):
         return None
@@ -246,15 +247,11 @@ def best_f1_threshold(
     }
 
 
-def _xywh_iou(box: Sequence[float], others: Sequence[Sequence[float]]) -> np.ndarray:
-    """IoU of one xywh box with each of ``others`` (xywh)."""
-    if not others:
-        return np.zeros(0)
-    b, o = np.asarray(box, dtype=np.float64), np.asarray(others, dtype=np.float64)
-    w = np.clip(np.minimum(b[0] + b[2], o[:, 0] + o[:, 2]) - np.maximum(b[0], o[:, 0]), 0, None)
-    h = np.clip(np.minimum(b[1] + b[3], o[:, 1] + o[:, 3]) - np.maximum(b[1], o[:, 1]), 0, None)
-    inter = w * h
-    return inter / np.maximum(b[2] * b[3] + o[:, 2] * o[:, 3] - inter, 1e-12)
+def _iou(box: Sequence[float], others: Sequence[Sequence[float]]) -> np.ndarray:
+    """IoU of one xywh box with each of ``others`` (xywh); 0 where both are empty."""
+    as_xyxy = np.asarray([box, *others], dtype=np.float64).reshape(-1, 4)
+    as_xyxy[:, 2:] += as_xyxy[:, :2]
+    return np.nan_to_num(iou_one_to_many(as_xyxy[0], as_xyxy[1:]))
 
 
 def _run_cocoeval(dataset: dict[str, Any], detections: list[dict[str, Any]], eval_ids: list[int]) -> Any:
