@@ -57,9 +57,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = p.parse_args()
 
-    curves = [(label, run_curve(Path(d))) for label, d in args.run]
-    curves += [(label, torchvision_curve(Path(f))) for label, f in args.torchvision]
-    curves += [(label, hand_curve(text)) for label, text in args.points]
+    curves = [(label, run_curve(Path(d)), "-") for label, d in args.run]
+    curves += [(label, torchvision_curve(Path(f)), "--") for label, f in args.torchvision]  # torchvision: dashed
+    curves += [(label, hand_curve(text), "-") for label, text in args.points]
     if not curves:
         p.error("give at least one --run, --torchvision or --points")
 
@@ -69,9 +69,10 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    for label, points in curves:
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    for i, (label, points, style) in enumerate(curves):
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o", label=label)
+        ax.plot(xs, ys, marker="o", linestyle=style, color=colours[i % len(colours)], label=label)
         print(f"{label:40s} " + "  ".join(f"{x:>6d}:{y:.3f}" for x, y in points))
     ax.set_xlabel("images seen")
     ax.set_ylabel("val AP50")
