@@ -221,37 +221,62 @@ def best_f1_threshold(
     num_objects = sum(len(v) for v in objects.values())
     if num_objects == 0:
         raise DatasetError("the annotations hold no (non-crowd) objects; precision and recall are undefined")
-    scored: list[tuple[float, bool]] = []
+    by_group: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
     for det in sorted(detections, key=lambda d: -d["score"]):
-        key = (det["image_id"], det["category_id"])
-        ious = _iou(det["bbox"], objects.get(key, []))
-        if ious.size and ious.max() >= iou_thresh:
-            objects[key].pop(int(ious.argmax()))  # matched: it cannot be found twice
-            scored.append((det["score"], True))
-        elif not (_iou(det["bbox"], crowds.get(key, [])) >= iou_thresh).any():
-            scored.append((det["score"], False))
-    if not any(correct for _, correct in scored):
+        by_group.setdefault((det["image_id"], det["category_id"]), []).append(det)
+    scores: list[float] = []
+    hits: list[bool] = []
+    for key, dets in by_group.items():
+        boxes = _xyxy([d["bbox"] for d in dets])
+        hit = _match_greedily(_iou_matrix(boxes, objects.get(key, [])), iou_thresh)
+        on_crowd = (_iou_matrix(boxes, crowds.get(key, [])) >= iou_thresh).any(axis=1)
+        for det, is_hit, counts in zip(dets, hit, hit | ~on_crowd, strict=True):
+            if counts:  # a detection on a crowd box that found no object counts neither way
+                scores.append(det["score"])
+                hits.append(bool(is_hit))
+    if not any(hits):
         return None
-    scores = np.array([s for s, _ in scored])
-    correct = np.cumsum([c for _, c in scored])
-    last = np.r_[scores[1:] != scores[:-1], True]  # a threshold keeps every detection of an equal score
-    precision = (correct / np.arange(1, len(scored) + 1))[last]
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    sorted_scores = np.asarray(scores)[order]
+    correct = np.cumsum(np.asarray(hits)[order])
+    last = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]  # a threshold keeps every detection of an equal score
+    precision = (correct / np.arange(1, len(order) + 1))[last]
     recall = correct[last] / num_objects
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(f1.argmax())
     return {
-        "score_thresh": math.floor(float(scores[last][best]) * 1000) / 1000,
+        "score_thresh": math.floor(float(sorted_scores[last][best]) * 1000) / 1000,
         "precision": float(precision[best]),
         "recall": float(recall[best]),
         "f1": float(f1[best]),
     }
 
 
-def _iou(box: Sequence[float], others: Sequence[Sequence[float]]) -> np.ndarray:
-    """IoU of one xywh box with each of ``others`` (xywh); 0 where both are empty."""
-    as_xyxy = np.asarray([box, *others], dtype=np.float64).reshape(-1, 4)
-    as_xyxy[:, 2:] += as_xyxy[:, :2]
-    return np.nan_to_num(iou_one_to_many(as_xyxy[0], as_xyxy[1:]))
+def _xyxy(xywh: Sequence[Sequence[float]]) -> np.ndarray:
+    """COCO [x, y, w, h] boxes -> float64 [N, 4] xyxy."""
+    boxes = np.array(xywh, dtype=np.float64).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    return boxes
+
+
+def _iou_matrix(boxes: np.ndarray, others: Sequence[Sequence[float]]) -> np.ndarray:
+    """IoU [D, K] of xyxy ``boxes`` [D, 4] with COCO xywh ``others``; 0 where both boxes are empty."""
+    return np.nan_to_num(iou_one_to_many(boxes[:, None, :], _xyxy(others)[None, :, :]))
+
+
+def _match_greedily(ious: np.ndarray, iou_thresh: float) -> np.ndarray:
+    """Which rows (detections in score order) of ``ious`` [D, G] find an object not found by an earlier row:
+    each takes its best remaining object at IoU >= ``iou_thresh``. Returns bool [D]."""
+    hit = np.zeros(len(ious), dtype=bool)
+    if ious.shape[1] == 0:
+        return hit
+    ious = ious.copy()
+    for row in range(len(ious)):
+        best = int(ious[row].argmax())
+        if ious[row, best] >= iou_thresh:
+            hit[row] = True
+            ious[:, best] = -1.0  # found: it cannot be found twice
+    return hit
 
 
 def _run_cocoeval(dataset: dict[str, Any], detections: list[dict[str, Any]], eval_ids: list[int]) -> Any:
