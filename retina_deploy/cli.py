@@ -39,7 +39,7 @@ def _check_device(device: str) -> None:
 def _make_shapes(args) -> int:
     from retina_deploy.data.shapes import make_shapes
 
-    given = given_options(args, size="size", seed="seed")
+    given = given_options(args, size="size", seed="seed", object_extent="object_extent")
     out = make_shapes(args.out, num_images=args.num_images, overwrite=args.overwrite, **given)
     print(f"wrote {args.num_images} images and {out / 'annotations.json'}")
     return 0
@@ -52,6 +52,17 @@ def _add_make_shapes(sub) -> None:
     shapes = "retina_deploy.data.shapes:make_shapes"
     p.add_argument("--size", type=int, help=LibraryDefault("longest image side in pixels", f"{shapes}.size"))
     p.add_argument("--seed", type=int, help=LibraryDefault("random seed (same seed, same bytes)", f"{shapes}.seed"))
+    p.add_argument(
+        "--object-extent",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help=LibraryDefault(
+            "shape diameters, as fractions of the image's shorter side (raise LOW for images under ~200 px)",
+            f"{shapes}.object_extent",
+            fmt=lambda v: " ".join(map(str, v)),
+        ),
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
 
 

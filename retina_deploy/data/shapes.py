@@ -45,6 +45,7 @@ def make_shapes(
     size: int = 256,
     seed: int = 0,
     max_objects: int = 6,
+    object_extent: tuple[float, float] = OBJECT_EXTENT,
     overwrite: bool = False,
 ) -> Path:
     """Write a synthetic shapes dataset in COCO format and return ``out_dir``.
@@ -55,12 +56,15 @@ def make_shapes(
         size: longest image side in pixels (>= 32); the other side is in [0.75 * size, size].
         seed: any non-negative integer; image ``i`` depends only on (seed, i).
         max_objects: at most this many shapes per image (>= 1).
+        object_extent: (low, high) shape diameter as a fraction of the image's shorter side, drawn
+            log-uniformly; 0 < low <= high <= 1. Small images need a larger ``low``: at 128 px, 0.08 is a 10-px shape.
         overwrite: replace an existing non-empty ``out_dir``.
 
     The folder appears complete or not at all: everything is written into a temporary sibling folder
     that is renamed onto ``out_dir`` at the end.
     """
     _check_args(num_images, size, seed, max_objects)
+    object_extent = check_object_extent(object_extent)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir} exists and is not a folder")
@@ -70,7 +74,9 @@ def make_shapes(
     remove_stale_temporaries(out_dir)  # a killed earlier run's half-written folder
     tmp = temporary_sibling_dir(out_dir)
     try:
-        _write_dataset(tmp, num_images=num_images, size=size, seed=seed, max_objects=max_objects)
+        _write_dataset(
+            tmp, num_images=num_images, size=size, seed=seed, max_objects=max_objects, object_extent=object_extent
+        )
         _replace_dir(tmp, out_dir)
     except OSError as e:  # a full disk, say: name the user's folder, not the temporary one
         raise OSError(e.errno, e.strerror or str(e), str(out_dir)) from e
@@ -93,6 +99,17 @@ def _check_args(num_images: int, size: int, seed: int, max_objects: int) -> None
         raise ConfigError(f"size must be <= {MAX_SIZE} pixels, got {size}")
 
 
+def check_object_extent(extent) -> tuple[float, float]:
+    """``extent`` as a (low, high) float pair with 0 < low <= high <= 1, else :class:`ConfigError`."""
+    try:
+        low, high = (float(v) for v in extent)
+    except (TypeError, ValueError):
+        raise ConfigError(f"object_extent must be two numbers (low, high), got {extent!r}") from None
+    if not (0 < low <= high <= 1):  # also False for NaN
+        raise ConfigError(f"object_extent must satisfy 0 < low <= high <= 1, got ({low}, {high})")
+    return low, high
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
     if dst.is_dir() and any(dst.iterdir()):
         trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
@@ -103,7 +120,9 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)  # atomic; also replaces an empty folder
 
 
-def _write_dataset(root: Path, *, num_images: int, size: int, seed: int, max_objects: int) -> None:
+def _write_dataset(
+    root: Path, *, num_images: int, size: int, seed: int, max_objects: int, object_extent: tuple[float, float]
+) -> None:
     images_dir = root / IMAGES_DIRNAME
     images_dir.mkdir()
     rng = np.random.default_rng([seed, 0x5EED])
@@ -113,7 +132,7 @@ def _write_dataset(root: Path, *, num_images: int, size: int, seed: int, max_obj
     for index in range(num_images):
         image_rng = np.random.default_rng([seed, index])
         count = 0 if index in negatives else int(image_rng.integers(1, max_objects + 1))
-        pixels, objects = render_image(image_rng, size=size, num_objects=count)
+        pixels, objects = render_image(image_rng, size=size, num_objects=count, object_extent=object_extent)
         file_name = f"{index:06d}.png"
         Image.fromarray(pixels).save(images_dir / file_name, format="PNG", compress_level=1)
         height, width = pixels.shape[:2]
@@ -140,7 +159,7 @@ def _write_dataset(root: Path, *, num_images: int, size: int, seed: int, max_obj
 
 
 def render_image(
-    rng: np.random.Generator, *, size: int, num_objects: int
+    rng: np.random.Generator, *, size: int, num_objects: int, object_extent: tuple[float, float] = OBJECT_EXTENT
 ) -> tuple[np.ndarray, list[tuple[int, list[int], int]]]:
     """Draw one image.
 
@@ -158,7 +177,7 @@ def render_image(
     for _ in range(num_objects):
         label = int(rng.integers(len(CLASS_NAMES)))
         for _ in range(PLACEMENT_TRIES):
-            mask = _shape_mask(rng, CLASS_NAMES[label], height, width)
+            mask = _shape_mask(rng, CLASS_NAMES[label], height, width, object_extent)
             if mask.any() and _keeps_earlier_visible(instance, mask, drawn_area):
                 break
         else:
@@ -219,10 +238,12 @@ def _shape_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.n
     return colour.astype(np.uint8)
 
 
-def _shape_mask(rng: np.random.Generator, name: str, height: int, width: int) -> np.ndarray:
+def _shape_mask(
+    rng: np.random.Generator, name: str, height: int, width: int, extent: tuple[float, float]
+) -> np.ndarray:
     """Draw one shape of random size, position and rotation; bool mask [height, width]."""
     short = min(height, width)
-    low, high = OBJECT_EXTENT
+    low, high = extent
     radius = 0.5 * short * math.exp(rng.uniform(math.log(low), math.log(high)))
     # up to half the radius may stick out of the image, so some shapes are cut by the border
     cx = rng.uniform(0.5 * radius, width - 0.5 * radius)

@@ -70,6 +70,25 @@ def test_box_is_tight_around_the_drawn_pixels(seed):
     assert 0 <= label < len(CLASS_NAMES)
 
 
+def test_object_extent_sets_the_shape_sizes(tmp_path):
+    def diameters(extent):
+        out = make_shapes(tmp_path / str(extent), num_images=30, size=128, seed=5, object_extent=extent)
+        coco = json.loads((out / "annotations.json").read_text())
+        short = {img["id"]: min(img["width"], img["height"]) for img in coco["images"]}
+        return np.array([max(a["bbox"][2:]) / short[a["image_id"]] for a in coco["annotations"]])
+
+    default, large = diameters((0.08, 0.6)), diameters((0.3, 0.6))
+    # a box is at most the shape's diameter (+1 px of rasterisation), at least ~half of it (a star's narrow view,
+    # a shape cut by the border)
+    assert large.max() <= 0.6 + 2 / 96 and np.median(large) >= 0.3
+    assert np.quantile(default, 0.1) < 0.15 and np.median(large) > 1.5 * np.median(default)
+    with pytest.raises(ConfigError, match=r"0 < low <= high <= 1, got \(0.5, 0.2\)"):
+        make_shapes(tmp_path / "bad", num_images=2, object_extent=(0.5, 0.2))
+    with pytest.raises(ConfigError, match="two numbers"):
+        make_shapes(tmp_path / "bad", num_images=2, object_extent=0.5)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_argument_checks_and_existing_folder(tmp_path):
     with pytest.raises(ConfigError, match="num_images must be an integer >= 1, got 0"):
         make_shapes(tmp_path / "a", num_images=0)
