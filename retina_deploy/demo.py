@@ -41,17 +41,18 @@ def _check_int(what: str, value: Any, *, low: int) -> None:
         raise ConfigError(f"{what} must be an integer >= {low}, got {value!r}")
 
 
-_POSITIVE_INTS = ("size", "num_train", "num_val", "train_images", "fpn_channels", "anchor_size_divisor", "batch_size",
-                  "calib_num", "predict_images")  # fmt: skip
+_POSITIVE_INTS = ("size", "num_train", "num_val", "train_images", "fpn_channels", "batch_size", "calib_num",
+                  "predict_images")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class DemoRecipe:
     """Every value the demo's results depend on: the one place to tune it (the CLI's defaults come from here).
 
-    Data: ``num_train`` / ``num_val`` make-shapes images of longest side ``size`` (seeds ``seed``, ``seed + 1``).
+    Data: ``num_train`` / ``num_val`` make-shapes images of longest side ``size`` (seeds ``seed``, ``seed + 1``),
+    shapes of diameter ``object_extent`` x the image's shorter side.
     Training: the TrainConfig fields of the same names, the input ``size`` x ``size``, anchor sizes
-    ``size // anchor_size_divisor * 2**i`` for P3..P7 (the defaults suit 512-800 px inputs), and
+    ``round(size * anchor_scale) * 2**i`` for P3..P7 (shapes and anchors both scale with ``size``), and
     ``train_images // batch_size`` iterations. From scratch (``backbone_norm`` "bn"): nothing is downloaded.
     Export: the ONNX files' dynamic batch range ``export_batch`` (MIN, OPT, MAX).
     INT8: ``calib_num`` training images, sampled with ``seed``.
@@ -68,7 +69,8 @@ class DemoRecipe:
     backbone_norm: str = "bn"
     head_norm: str = "groupnorm"
     fpn_channels: int = 64
-    anchor_size_divisor: int = 16
+    object_extent: tuple[float, float] = (0.08, 0.6)
+    anchor_scale: float = 0.0625
     optimizer: str = "adamw"
     lr: float = 1e-3
     warmup_iters: int = 50
@@ -87,7 +89,7 @@ class DemoRecipe:
     predict_images: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("export_batch", "bench_batches"):
+        for name in ("export_batch", "bench_batches", "object_extent"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in _POSITIVE_INTS:
             _check_int(_flag(name), getattr(self, name), low=1)
@@ -96,7 +98,7 @@ class DemoRecipe:
                 _check_int(f"{_flag(name)} values", value, low=1)
         for name in ("seed", "warmup_iters", "workers"):
             _check_int(_flag(name), getattr(self, name), low=0)
-        for name in ("lr", "cls_loss_weight", "bench_warmup_s", "bench_duration_s"):
+        for name in ("lr", "cls_loss_weight", "anchor_scale", "bench_warmup_s", "bench_duration_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{_flag(name)} must be a finite number > 0, got {value!r}")
@@ -105,7 +107,7 @@ class DemoRecipe:
 
     @property
     def anchor_sizes(self) -> tuple[int, ...]:
-        return tuple(self.size // self.anchor_size_divisor * 2**i for i in range(5))
+        return tuple(round(self.size * self.anchor_scale) * 2**i for i in range(5))
 
     @property
     def iters(self) -> int:
@@ -123,6 +125,7 @@ def check_recipe(recipe: DemoRecipe) -> None:
     """ConfigError for a recipe a stage cannot take (backbone, size, norms, batch ranges...), before anything
     is written: a late stage must not fail on its settings after the training ran."""
     from retina_deploy.config import BACKBONE_DEPTHS
+    from retina_deploy.data.shapes import check_object_extent
     from retina_deploy.runtime.onnx_metadata import check_batch_range
     from retina_deploy.runtime.preprocess import check_input_size
 
@@ -132,8 +135,9 @@ def check_recipe(recipe: DemoRecipe) -> None:
         check_input_size(recipe.size, recipe.size)
     except ConfigError as e:
         raise ConfigError(f"--size {recipe.size}: {e}") from e
-    if recipe.size // recipe.anchor_size_divisor < 1:
-        raise ConfigError(f"--size {recipe.size} is smaller than anchor_size_divisor {recipe.anchor_size_divisor}")
+    if recipe.anchor_sizes[0] < 1:
+        raise ConfigError(f"--size {recipe.size} x anchor_scale {recipe.anchor_scale} is under one pixel")
+    check_object_extent(recipe.object_extent)
     lo, _, hi = check_batch_range(recipe.export_batch)
     outside = [b for b in recipe.bench_batches if not lo <= b <= hi]
     if outside:
@@ -244,7 +248,7 @@ def _with_sidecars(files: tuple[tuple[str, ...], ...], suffix: str) -> tuple[str
     return tuple(x for name, *_ in files for x in (name, name + suffix))
 
 
-_DATA = ("size", "num_train", "num_val", "seed")
+_DATA = ("size", "num_train", "num_val", "seed", "object_extent")
 _LATER = ("export_batch", "calib_num", "bench_batches", "bench_warmup_s", "bench_duration_s", "predict_images")
 # Training reads every other field of the recipe (a field added there counts as a training one).
 _TRAIN = tuple(f.name for f in dataclasses.fields(DemoRecipe) if f.name not in _DATA + _LATER)

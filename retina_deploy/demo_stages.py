@@ -88,13 +88,15 @@ def _metrics_text(metrics: dict[str, Any]) -> str:
 
 
 def make_data(ctx: DemoContext) -> StageDone:
-    from retina_deploy.data.shapes import make_shapes
+    from retina_deploy.data.shapes import OBJECT_EXTENT, make_shapes
 
     r, commands = ctx.recipe, []
+    extent = [] if r.object_extent == OBJECT_EXTENT else ["--object-extent", *r.object_extent]
     for name, num, seed in (("train", r.num_train, r.seed), ("val", r.num_val, r.seed + 1)):
-        make_shapes(ctx.path(f"data/{name}"), num_images=num, size=r.size, seed=seed, overwrite=True)
+        make_shapes(ctx.path(f"data/{name}"), num_images=num, size=r.size, seed=seed,
+                    object_extent=r.object_extent, overwrite=True)  # fmt: skip
         commands.append(command("make-shapes", ctx.arg(f"data/{name}"), "--num-images", num, "--size", r.size,
-                                "--seed", seed))  # fmt: skip
+                                "--seed", seed, *extent))  # fmt: skip
     ctx.summary["val"] = {"images": "data/val/images", "annotations": "data/val/annotations.json"}
     return StageDone(f"{r.num_train} train + {r.num_val} val images", commands, ["data/train", "data/val"])
 
