@@ -60,17 +60,17 @@ class DemoRecipe:
     Predict: the first ``predict_images`` validation images.
     """
 
-    size: int = 256  # 384: fewer images to AP50 0.9, 2.25x the FLOPs each; 128: AP50 0.13 (8-px shapes)
+    size: int = 128  # 1/4 of 256 px's FLOPs an image: a 12-minute demo on 2 AVX2 cores (BENCHMARKS.md, "The demo")
     num_train: int = 1600
     num_val: int = 200
     seed: int = 0
-    train_images: int = 6000  # AP50 0.84 after 5,000 (3 seeds); why 6,000: BENCHMARKS.md, "The demo"
+    train_images: int = 8000  # AP50 >= 0.80 with margin at 128 px (3 seeds): BENCHMARKS.md, "The demo"
     backbone: str = "resnet18"
     backbone_norm: str = "bn"
     head_norm: str = "groupnorm"
     fpn_channels: int = 64
-    object_extent: tuple[float, float] = (0.08, 0.6)
-    anchor_scale: float = 0.0625
+    object_extent: tuple[float, float] = (0.2, 0.6)  # shapes 19-77 px across at 128 (make-shapes' 0.08: from 8 px)
+    anchor_scale: float = 0.1875  # anchors 24..384 px at 128: the smallest near the smallest shape
     optimizer: str = "adamw"
     lr: float = 1e-3
     warmup_iters: int = 50
