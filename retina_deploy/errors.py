@@ -27,3 +27,8 @@ class ImageError(RetinaDeployError):
 
 class ModelFileError(RetinaDeployError):
     """An ONNX or engine file is missing, truncated, foreign, or tampered with."""
+
+
+class ModelOutputError(ModelFileError):
+    """A backend returned outputs of the wrong shape or dtype, non-finite values, or values out of range
+    (a misbehaving server, a truncated response, an FP16 overflow); the message names the backend and model."""

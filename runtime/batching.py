@@ -21,6 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 
 from retina_deploy.errors import ConfigError
+from retina_deploy.runtime.argcheck import is_int
 from retina_deploy.runtime.detections import Detections
 from retina_deploy.runtime.detector import Detector, ImageInput, PreparedImage
 
@@ -47,10 +48,6 @@ _MAX_SECONDS = 86400.0
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -82,8 +79,10 @@ class BatchingDetector:
         max_queue: int = 256,
         timeout_s: float | None = 30.0,
     ) -> None:
+        if not isinstance(detector, Detector):
+            raise ConfigError(f"BatchingDetector needs a Detector (see Detector.load), got {type(detector).__name__}")
         limit = detector.max_batch
-        if max_batch is not None and not _is_int(max_batch):
+        if max_batch is not None and not is_int(max_batch):
             raise ConfigError(f"max_batch must be an integer, got {max_batch!r}")
         max_batch = limit if max_batch is None else int(max_batch)
         if not 1 <= max_batch <= limit:
@@ -91,7 +90,7 @@ class BatchingDetector:
         # A NaN or infinite delay would spin the worker or overflow its wait; a day is the longest sensible wait.
         if not (_is_number(max_delay_ms) and 0 <= max_delay_ms <= _MAX_SECONDS * 1000):
             raise ConfigError(f"max_delay_ms must be a number in [0, {_MAX_SECONDS * 1000:g}], got {max_delay_ms!r}")
-        if not (_is_int(max_queue) and max_queue >= 1):
+        if not (is_int(max_queue) and max_queue >= 1):
             raise ConfigError(f"max_queue must be an integer >= 1, got {max_queue!r}")
         if timeout_s is not None and not (_is_number(timeout_s) and 0 < timeout_s <= _MAX_SECONDS):
             raise ConfigError(f"timeout_s must be a number in (0, {_MAX_SECONDS}] or None, got {timeout_s!r}")

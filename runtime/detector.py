@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 
 import numpy as np
 
-from retina_deploy.errors import ConfigError, ImageError, ModelFileError
+from retina_deploy.errors import ImageError, ModelFileError
+from retina_deploy.runtime.argcheck import int_at_least
 from retina_deploy.runtime.detections import Detections, make_detections
 from retina_deploy.runtime.host_nms import detections_from_dense
 from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS, as_rgb_array, load_image
-from retina_deploy.runtime.onnx_metadata import DETECTION_OUTPUTS
+from retina_deploy.runtime.output_checks import check_dense, check_detections, detection_arrays, output_array
 from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
 from retina_deploy.runtime.spec import Backend, ImageInput, ModelSpec
 
@@ -42,16 +43,17 @@ class Detector:
     class_names. Lists longer than the maximum batch are run in chunks.
     """
 
-    def __init__(self, backend: Backend, spec: ModelSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self, backend: Backend, spec: ModelSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "(in memory)"
+    ) -> None:
         if tuple(backend.input_size) != tuple(spec.preprocess.size):
             raise ModelFileError(
                 f"backend input size {backend.input_size} differs from the preprocessing size {spec.preprocess.size}"
             )
-        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-            raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+        self.max_pixels = int_at_least("max_pixels", max_pixels, 1)
         self.backend = backend
         self.spec = spec
-        self.max_pixels = max_pixels
+        self.source = str(source)  # the file or URL, named in errors about the backend's outputs
         self._lock = threading.Lock()
 
     @classmethod
@@ -75,7 +77,7 @@ class Detector:
             device: GPU index for CUDA / TensorRT.
             cuda_graphs: capture one CUDA graph per batch size (engines only).
             max_pixels: largest accepted image (width * height), checked before decoding.
-            num_threads: ONNX Runtime intra-op threads (None: its default).
+            num_threads: ONNX Runtime intra-op threads, >= 1 (None: its default).
 
         Raises ModelFileError (missing, foreign, tampered or mismatched file; engines: says to
         rebuild), ConfigError (unknown or uninstalled backend), NoCudaDeviceError (engine, no GPU).
@@ -84,8 +86,11 @@ class Detector:
 
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"Detector.load needs a path (str or os.PathLike) to a .onnx or .engine file, got {path!r}")
+        int_at_least("max_pixels", max_pixels, 1)  # before the (slow) model load
+        if num_threads is not None:
+            num_threads = int_at_least("num_threads", num_threads, 1)
         opened, spec = open_backend(path, backend, device, cuda_graphs=cuda_graphs, num_threads=num_threads)
-        return cls(opened, spec, max_pixels=max_pixels)
+        return cls(opened, spec, max_pixels=max_pixels, source=os.fspath(path))
 
     # ------------------------------------------------------------------ properties
 
@@ -174,15 +179,14 @@ class Detector:
     # ------------------------------------------------------------------ post-processing
 
     def _detection_outputs(self, raw: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
+        """The B images' checked detection outputs from the backend's ``raw`` answer to a padded batch."""
+        where = self.describe()
+        rows = max(b, self.min_batch)
         nms = self.spec.nms
         if nms.mode == "none":
-            boxes, scores = _output(raw, "boxes", 3), _output(raw, "scores", 3)
-            if boxes.shape[:2] != scores.shape[:2] or scores.shape[2] != len(self.class_names):
-                raise ModelFileError(
-                    f"dense outputs boxes {list(boxes.shape)} / scores {list(scores.shape)} do not match "
-                    f"{len(self.class_names)} classes"
-                )
-            return detections_from_dense(
+            boxes, scores = output_array(raw, "boxes", 3, rows, where), output_array(raw, "scores", 3, rows, where)
+            check_dense(boxes, scores, len(self.class_names), where)
+            out = detections_from_dense(
                 boxes[:b].astype(np.float32, copy=False),
                 scores[:b].astype(np.float32, copy=False),
                 level_sizes=self.spec.anchors_per_level,
@@ -191,23 +195,23 @@ class Detector:
                 iou_thresh=nms.iou_thresh,
                 max_dets=nms.max_dets,
             )
-        out = {name: _output(raw, name, nd)[:b] for name, nd in zip(DETECTION_OUTPUTS, (2, 3, 2, 2), strict=True)}
-        return out
+        else:
+            out = {name: value[:b] for name, value in detection_arrays(raw, rows, where).items()}
+        return check_detections(out, len(self.class_names), where)
+
+    def describe(self) -> str:
+        """"<backend name> backend, model <source>" for messages."""
+        return f"{self.backend.name} backend, model {self.source}"
 
     def _to_detections(self, out: dict[str, np.ndarray], chunk: Sequence[PreparedImage]) -> list[Detections]:
-        k = out["scores"].shape[1]
-        num_classes = len(self.class_names)
         results = []
         for i, p in enumerate(chunk):
-            n = int(np.clip(out["num_dets"][i, 0], 0, k))
-            classes = out["classes"][i, :n].astype(np.int64)
-            if n and (classes.min() < 0 or classes.max() >= num_classes):
-                raise ModelFileError(f"model returned class ids outside 0..{num_classes - 1}: {np.unique(classes)}")
+            n = int(out["num_dets"][i, 0])
             results.append(
                 make_detections(
                     out["boxes"][i, :n],
                     out["scores"][i, :n],
-                    classes,
+                    out["classes"][i, :n].astype(np.int64),
                     self.class_names,
                     scale=p.scale,
                     orig_hw=p.orig_hw,
@@ -228,16 +232,6 @@ class Detector:
         self.close()
 
 
-def _output(raw: dict[str, np.ndarray], name: str, ndim: int) -> np.ndarray:
-    """Output ``name`` of the backend, checked to have ``ndim`` dims; ModelFileError otherwise."""
-    if name not in raw:
-        raise ModelFileError(f"model has no output {name!r} (outputs: {sorted(raw)})")
-    value = np.asarray(raw[name])
-    if value.ndim != ndim:
-        raise ModelFileError(f"model output {name!r} has shape {list(value.shape)}, expected {ndim} dims")
-    return value
-
-
 def _as_list(images: Sequence[ImageInput] | np.ndarray) -> list[ImageInput]:
     """A list of single images from a sequence or a 4-D array; a lone image is an error naming the fix."""
     if isinstance(images, np.ndarray):
@@ -247,8 +241,10 @@ def _as_list(images: Sequence[ImageInput] | np.ndarray) -> list[ImageInput]:
             f"detect() takes a sequence of images or an array [B, h, w, 3], got an array of shape "
             f"{list(images.shape)}; use detect_one() for a single image"
         )
-    if isinstance(images, (str, os.PathLike, bytes, bytearray)):
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)):
         raise ImageError("detect() takes a sequence of images; use detect_one() for a single path or bytes")
+    if isinstance(images, (Mapping, Set)):
+        raise ImageError(f"detect() takes a sequence of images (list or tuple), got a {type(images).__name__}")
     try:
         return list(images)
     except TypeError as e:

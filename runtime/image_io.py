@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from retina_deploy.errors import ConfigError, ImageError
+from retina_deploy.runtime.argcheck import int_at_least
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP")
 # Pillow reports a JPEG that carries a multi-picture (MP) extension, as many cameras write, as "MPO".
@@ -48,8 +49,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, cha
         ConfigError: ``max_pixels`` or ``channel_order`` is invalid.
     """
     _check_channel_order(channel_order)
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    max_pixels = int_at_least("max_pixels", max_pixels, 1)
     name, fp = _open_source(source)
     with fp:
         img = _open_checked(fp, name, max_pixels)

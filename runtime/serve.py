@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import numbers
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ from starlette.routing import Route
 
 from retina_deploy.errors import ConfigError, ImageError, RetinaDeployError
 from retina_deploy.fileio import sha256_file
+from retina_deploy.runtime.argcheck import int_at_least
 from retina_deploy.runtime.batching import BatcherClosedError, BatchingDetector, QueueFullError
 from retina_deploy.runtime.detector import Detector
 from retina_deploy.runtime.serve_metrics import MeteredDetector, ServeMetrics
@@ -47,6 +49,16 @@ from retina_deploy.runtime.serve_request import Reject, filtered, query_options,
 
 log = logging.getLogger("retina_deploy.serve")
 RETRY_AFTER_S = "1"
+
+
+# name: (0 excluded?, largest value). A day-long batching delay or a request that waits for hours is a
+# typo, not a setting: a minute of batching delay and an hour of waiting are far beyond any real use.
+CONFIG_BOUNDS = {
+    "max_delay_ms": (False, 60_000.0),
+    "max_body_mb": (True, 4096.0),
+    "timeout_s": (True, 3600.0),
+    "drain_timeout_s": (False, 3600.0),
+}
 
 
 @dataclass(frozen=True)
@@ -77,15 +89,14 @@ class ServeConfig:
             value = getattr(self, name)
             if value is None and name == "max_batch":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("max_delay_ms", "max_body_mb", "timeout_s", "drain_timeout_s"):
+            object.__setattr__(self, name, int_at_least(name, value, 1))
+        for name, (low_open, high) in CONFIG_BOUNDS.items():
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-        for name in ("max_body_mb", "timeout_s"):
-            if getattr(self, name) == 0:
-                raise ConfigError(f"{name} must be > 0")
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or not (value > 0 if low_open else value >= 0) or value > high:
+                interval = f"{'(' if low_open else '['}0, {high:g}]"
+                raise ConfigError(f"{name} must be a number in {interval}, got {value!r}")
+            object.__setattr__(self, name, float(value))
 
     @property
     def max_body_bytes(self) -> int:

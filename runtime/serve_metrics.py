@@ -61,7 +61,7 @@ class MeteredDetector(Detector):
     """A Detector that records each batch's size and time in ``metrics`` (same backend, same results)."""
 
     def __init__(self, detector: Detector, metrics: ServeMetrics) -> None:
-        super().__init__(detector.backend, detector.spec, max_pixels=detector.max_pixels)
+        super().__init__(detector.backend, detector.spec, max_pixels=detector.max_pixels, source=detector.source)
         self.metrics = metrics
 
     def run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """Helpers of the serve tests: a fake detector whose answers identify each image, and a server in a thread.
 
-The fake backend turns an image's first pixel value v into one detection (score v/256, class v % 2,
-box 0..64 input pixels), so every client can check it got its own answer. A gate holds batches
+The fake backend turns an image's first pixel value v > 0 into one detection (score v/256, class v % 2,
+box 0..64 input pixels; none for v = 0), so every client can check it got its own answer. A gate holds batches
 in flight; ``delay_s`` makes each batch slow (the SIGTERM test runs this in a subprocess).
 """
 
@@ -51,7 +51,7 @@ class FakeBackend:
         boxes = np.zeros((b, 2, 4), np.float32)
         boxes[:, 0, 2:] = 64.0
         return {
-            "num_dets": np.ones((b, 1), np.int32),
+            "num_dets": (v > 0).astype(np.int32)[:, None],  # a black image: no detection (scores are in (0, 1])
             "boxes": boxes,
             "scores": np.stack([v / 256.0, np.zeros(b)], 1).astype(np.float32),
             "classes": np.stack([v.astype(np.int32) % 2, np.zeros(b, np.int32)], 1),

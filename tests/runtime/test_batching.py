@@ -27,7 +27,7 @@ PRE = PreprocessConfig(size=(128, 128), mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 
 
 
 class FakeBackend:
-    """Detection outputs from pixel values: one box per image, score = first pixel / 256."""
+    """Detection outputs from pixel values: one box per image, score = (first pixel + 1) / 256 (in (0, 1])."""
 
     name = "fake"
     input_size = (128, 128)
@@ -51,7 +51,7 @@ class FakeBackend:
         return {
             "num_dets": np.ones((b, 1), np.int32),
             "boxes": boxes,
-            "scores": np.stack([v / 256.0, np.zeros(b)], 1).astype(np.float32),
+            "scores": np.stack([(v + 1) / 256.0, np.zeros(b)], 1).astype(np.float32),
             "classes": np.stack([v.astype(np.int32) % 2, np.zeros(b, np.int32)], 1),
         }
 
@@ -89,7 +89,7 @@ def test_sixteen_concurrent_clients_get_their_own_results():
     for k, size, dets_list in results:
         for dets in dets_list:
             assert len(dets) == 1
-            assert dets.scores[0] == pytest.approx((10 + k) / 256.0)
+            assert dets.scores[0] == pytest.approx((11 + k) / 256.0)
             assert dets.class_names == (("even", "odd")[(10 + k) % 2],)
             # box [0, 0, 64, 64] in input pixels of a size x size image scaled to 128: 64 * size / 128
             np.testing.assert_allclose(dets.boxes[0], [0, 0, size / 2, size / 2], rtol=1e-5)
@@ -138,7 +138,7 @@ def test_close_with_requests_in_flight_loses_none():
     closer.join(10)
     assert not closer.is_alive()
     for k, f in enumerate(futures):
-        assert f.result(0).scores[0] == pytest.approx(k / 256.0)
+        assert f.result(0).scores[0] == pytest.approx((k + 1) / 256.0)
 
 
 def test_close_without_drain_fails_the_waiting_requests():
