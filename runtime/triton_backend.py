@@ -18,6 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from retina_deploy.errors import ConfigError, ModelFileError, RetinaDeployError
+from retina_deploy.errors import ConfigError, ModelFileError, ModelOutputError, RetinaDeployError
 from retina_deploy.runtime.onnx_metadata import NmsSettings
 from retina_deploy.runtime.preprocess import PreprocessConfig
 from retina_deploy.runtime.spec import ModelSpec
@@ -157,21 +158,30 @@ def build_infer_request(batch: np.ndarray, input_name: str, output_names: Sequen
     return body, headers
 
 
-def parse_infer_response(body: bytes, headers: Mapping[str, str], output_names: Sequence[str]) -> dict:
-    """{output name: array} from an infer response (JSON header, then the binary outputs)."""
+def parse_infer_response(
+    body: bytes, headers: Mapping[str, str], output_names: Sequence[str], where: str = "triton backend"
+) -> dict:
+    """{output name: array} from an infer response (JSON header, then the binary outputs).
+
+    A truncated or malformed body, a header length that is not a number, an array whose bytes do not
+    fill its shape, or a missing output is a ModelOutputError starting with ``where``.
+    """
     import tritonclient.http as tc
 
     lower = {k.lower(): v for k, v in headers.items()}
     length = lower.get("inference-header-content-length")
-    result = tc.InferResult.from_response_body(
-        body, header_length=int(length) if length else None, content_encoding=lower.get("content-encoding")
-    )
-    out = {}
-    for name in output_names:
-        value = result.as_numpy(name)
-        if value is None:
-            raise TritonServerError(f"Triton's response has no output {name!r}")
-        out[name] = value
+    try:
+        result = tc.InferResult.from_response_body(
+            body, header_length=int(length) if length else None, content_encoding=lower.get("content-encoding")
+        )
+        out = {name: result.as_numpy(name) for name in output_names}
+    except (ValueError, KeyError, TypeError, IndexError, OSError, zlib.error) as e:  # JSON, buffer, reshape
+        raise ModelOutputError(
+            f"{where}: malformed infer response of {len(body)} bytes ({type(e).__name__}: {e})"
+        ) from e
+    missing = [name for name, value in out.items() if value is None]
+    if missing:
+        raise ModelOutputError(f"{where}: Triton's response has no output {missing[0]!r}")
     return out
 
 
@@ -228,7 +238,7 @@ class TritonBackend:
         status, resp_headers, data = self.transport.request("POST", f"{self.url.model_path}/infer", body, headers)
         if status != 200:
             raise TritonServerError(f"{self.url}: inference failed: HTTP {status}: {_error_text(data)}")
-        return parse_infer_response(data, resp_headers, self.model.output_names)
+        return parse_infer_response(data, resp_headers, self.model.output_names, f"triton backend, model {self.url}")
 
     def _get_json(self, path: str, what: str) -> dict[str, Any]:
         status, _, data = self.transport.request("GET", path)

@@ -14,13 +14,17 @@ import zlib
 import numpy as np
 import onnx
 import pytest
+from bad_outputs import CORRUPTIONS
 from detector_models import exported, images
 from onnx import TensorProto, helper
 from PIL import Image
+from serve_fakes import PRE, fake_detector
 
-from retina_deploy.errors import ImageError, ModelFileError, RetinaDeployError
+from retina_deploy.errors import ImageError, ModelFileError, ModelOutputError, RetinaDeployError
 from retina_deploy.runtime.detector import Detector
 from retina_deploy.runtime.manifest import manifest_path, write_manifest
+from retina_deploy.runtime.onnx_metadata import NmsSettings
+from retina_deploy.runtime.spec import ModelSpec
 
 MAX_SECONDS = 5.0
 
@@ -222,3 +226,95 @@ def test_forged_engine_is_a_typed_error(tmp_path):
         Detector.load(path, backend="tensorrt-rtx")
     with pytest.raises(RetinaDeployError):
         Detector.load(path, backend="ort-cpu")
+
+
+# ---------------------------------------------------------------- backend outputs
+
+
+class _Corrupting:
+    """A backend that runs ``inner`` and passes its outputs through ``corrupt``."""
+
+    def __init__(self, inner, corrupt) -> None:
+        self.inner, self.corrupt = inner, corrupt
+        self.name, self.input_size, self.batch_range = "fake", inner.input_size, inner.batch_range
+
+    def run(self, batch):
+        return self.corrupt(self.inner.run(batch))
+
+    def close(self):
+        pass
+
+
+def _grey(*values):
+    return [np.full((64, 64, 3), v, np.uint8) for v in values]
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_bad_backend_outputs_are_typed_errors_naming_backend_and_model(case):
+    corrupt, message = CORRUPTIONS[case]
+    good = fake_detector(max_batch=4)
+    det = Detector(_Corrupting(good.backend, corrupt), good.spec, source="m.onnx")
+    with pytest.raises(ModelOutputError, match=rf"^fake backend, model m\.onnx: .*{message}"):
+        det.detect(_grey(40, 50))
+    assert [len(d) for d in good.detect(_grey(40, 50))] == [1, 1]  # the uncorrupted outputs pass
+
+
+def test_padding_past_num_dets_is_not_checked():
+    """Entries past num_dets are padding: NaN, 0 or ascending there is no error."""
+
+    def pad_garbage(out):
+        out = {k: np.array(v) for k, v in out.items()}
+        out["boxes"][:, 1] = np.nan
+        out["scores"][:, 1] = 5.0
+        out["classes"][:, 1] = -3
+        return out
+
+    good = fake_detector(max_batch=4)
+    det = Detector(_Corrupting(good.backend, pad_garbage), good.spec)
+    assert [d.scores.tolist() for d in det.detect(_grey(64, 0))] == [[0.25], []]
+
+
+def _dense_detector(corrupt):
+    """A --nms none model with 4 candidates and 2 classes whose backend answers ``corrupt(boxes, scores)``."""
+
+    class Dense:
+        name, input_size, batch_range = "dense-fake", (128, 128), (1, 2)
+
+        def run(self, batch):
+            b = batch.shape[0]
+            boxes = np.tile(
+                np.array([[0, 0, 10, 10], [20, 20, 40, 40], [0, 0, 5, 5], [1, 1, 2, 2]], np.float32), (b, 1, 1)
+            )
+            scores = np.tile(np.array([[0.9, 0.1], [0.2, 0.8], [0.0, 0.0], [0.3, 0.3]], np.float32), (b, 1, 1))
+            return dict(zip(("boxes", "scores"), corrupt(boxes, scores), strict=True))
+
+        def close(self):
+            pass
+
+    nms = NmsSettings(mode="none", max_dets=5, score_thresh=0.05, iou_thresh=0.5, topk_per_level=10)
+    spec = ModelSpec(class_names=("a", "b"), preprocess=PRE, nms=nms, anchors_per_level=(4,))
+    return Detector(Dense(), spec, source="dense.onnx")
+
+
+def _at(array, index, value):
+    array = array.copy()
+    array[index] = value
+    return array
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda b, s: (b, _at(s, (0, 1, 0), np.nan)), r"dense scores outside \[0, 1\]"),
+        (lambda b, s: (b, _at(s, (0, 1, 0), 1.01)), r"dense scores outside \[0, 1\]"),
+        (lambda b, s: (_at(b, (0, 3, 0), np.inf), s), "dense boxes hold NaN"),
+        (lambda b, s: (b, s[..., :1]), "do not match"),
+        (lambda b, s: (b[:, :, :3], s), "do not match"),
+        (lambda b, s: (b[:1], s[:1]), "rows"),
+    ],
+)
+def test_bad_dense_outputs_are_typed_errors(corrupt, message):
+    with pytest.raises(ModelOutputError, match=rf"^dense-fake backend, model dense\.onnx: .*{message}"):
+        _dense_detector(corrupt).detect(_grey(40, 50))
+    # uncorrupted: 6 candidates above 0.05, no overlap above IoU 0.5 within a class, max_dets 5
+    assert [len(d) for d in _dense_detector(lambda b, s: (b, s)).detect(_grey(40, 50))] == [5, 5]

@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from bad_outputs import CORRUPTIONS
 from serve_fakes import PRE, fake_detector
 from triton_fake import FakeTriton, decode_request, encode_response
 
-from retina_deploy.errors import ConfigError, ModelFileError
+from retina_deploy.errors import ConfigError, ModelFileError, ModelOutputError
 from retina_deploy.runtime import Detector
 from retina_deploy.runtime.triton_backend import (
     TritonServerError,
@@ -107,7 +108,7 @@ def test_response_parsing():
         assert out[name].dtype == want.dtype
         np.testing.assert_array_equal(out[name], want)
     assert encode_response("fake", RESPONSE_ARRAYS) == (RESPONSE, len(RESPONSE_HEADER))
-    with pytest.raises(TritonServerError, match="no output 'extra'"):
+    with pytest.raises(ModelOutputError, match="no output .extra."):
         parse_infer_response(RESPONSE, {"inference-header-content-length": str(len(RESPONSE_HEADER))}, ["extra"])
 
 
@@ -161,3 +162,33 @@ def test_server_errors_are_typed_and_name_the_cause():
         Detector.load(url)  # the server is gone
     with pytest.raises(ConfigError, match="triton://"):
         Detector.load("model.onnx", backend="triton")
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_bad_outputs_from_triton_are_typed_errors(case):
+    """NaN boxes, scores out of range, too few rows, wrong shapes: ModelOutputError naming backend and URL."""
+    corrupt, message = CORRUPTIONS[case]
+    local = fake_detector(max_batch=4)
+    fake = FakeTriton("fake", recorded_config(), lambda arrays: corrupt(local.backend.run(arrays["images"])))
+    with fake.running() as url, Detector.load(url) as det:
+        with pytest.raises(ModelOutputError, match=rf"^triton backend, model {url}: .*{message}"):
+            det.detect([np.full((64, 64, 3), v, np.uint8) for v in (40, 50)])
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda body: body[:-3], "malformed infer response"),  # truncated binary part
+        (lambda body: body[:40], "malformed infer response"),  # truncated JSON header
+        (lambda body: b"", "malformed infer response"),
+        (lambda body: body.replace(b'"shape":[2,2,4]', b'"shape":[2,3,4]'), "malformed infer response"),
+        (lambda body: body.replace(b'"name":"scores"', b'"name":"scorez"'), "no output 'scores'"),
+    ],
+)
+def test_malformed_triton_responses_are_typed_errors(mangle, message):
+    local = fake_detector(max_batch=4)
+    fake = FakeTriton("fake", recorded_config(), lambda arrays: local.backend.run(arrays["images"]))
+    fake.mangle = mangle
+    with fake.running() as url, Detector.load(url) as det:
+        with pytest.raises(ModelOutputError, match=rf"^triton backend, model {url}: {message}"):
+            det.detect([np.full((64, 64, 3), v, np.uint8) for v in (40, 50)])

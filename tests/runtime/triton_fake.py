@@ -52,12 +52,15 @@ def encode_response(model: str, outputs: dict[str, np.ndarray]) -> tuple[bytes, 
 
 
 class FakeTriton:
-    """Serve ``config`` and ``infer`` for model ``name``; ``requests`` records (method, path, headers)."""
+    """Serve ``config`` and ``infer`` for model ``name``; ``requests`` records (method, path, headers).
+
+    ``mangle`` rewrites each infer response body before it is sent (Content-Length follows it)."""
 
     def __init__(self, name: str, config: dict, infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]):
         self.name, self.config, self.infer = name, config, infer
         self.requests: list[tuple[str, str, dict]] = []
         self.fail_infer: tuple[int, str] | None = None
+        self.mangle: Callable[[bytes], bytes] = lambda body: body  # e.g. truncate the response body
 
     @contextlib.contextmanager
     def running(self):
@@ -93,6 +96,7 @@ class FakeTriton:
                     return self._send(status, json.dumps({"error": message}).encode())
                 _, arrays = decode_request(body, int(self.headers["Inference-Header-Content-Length"]))
                 out, n = encode_response(fake.name, fake.infer(arrays))
+                out = fake.mangle(out)
                 self._send(
                     200, out, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(n)}
                 )
