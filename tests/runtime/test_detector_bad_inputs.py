@@ -20,8 +20,10 @@ from onnx import TensorProto, helper
 from PIL import Image
 from serve_fakes import PRE, fake_detector
 
-from retina_deploy.errors import ImageError, ModelFileError, ModelOutputError, RetinaDeployError
+from retina_deploy.errors import ConfigError, ImageError, ModelFileError, ModelOutputError, RetinaDeployError
+from retina_deploy.runtime.batching import BatchingDetector
 from retina_deploy.runtime.detector import Detector
+from retina_deploy.runtime.image_io import load_image
 from retina_deploy.runtime.manifest import manifest_path, write_manifest
 from retina_deploy.runtime.onnx_metadata import NmsSettings
 from retina_deploy.runtime.spec import ModelSpec
@@ -318,3 +320,49 @@ def test_bad_dense_outputs_are_typed_errors(corrupt, message):
         _dense_detector(corrupt).detect(_grey(40, 50))
     # uncorrupted: 6 candidates above 0.05, no overlap above IoU 0.5 within a class, max_dets 5
     assert [len(d) for d in _dense_detector(lambda b, s: (b, s)).detect(_grey(40, 50))] == [5, 5]
+
+
+# ---------------------------------------------------------------- API arguments
+
+
+@pytest.mark.parametrize("threads", [0, -1, "2", 1.5, True, float("nan"), b"2"])
+def test_load_refuses_bad_num_threads_before_loading(threads):
+    with pytest.raises(ConfigError, match=r"num_threads must be an integer >= 1"):
+        Detector.load(exported("onnx"), num_threads=threads)
+
+
+@pytest.mark.parametrize("max_pixels", [0, -5, "100", 1e6, True])
+def test_load_and_decoders_refuse_bad_max_pixels(max_pixels):
+    with pytest.raises(ConfigError, match="max_pixels must be an integer >= 1"):
+        Detector.load(exported("onnx"), max_pixels=max_pixels)
+    with pytest.raises(ConfigError, match="max_pixels must be an integer >= 1"):
+        load_image(_encode("PNG"), max_pixels=max_pixels)
+
+
+def test_numpy_integers_are_integers_everywhere():
+    with Detector.load(exported("onnx"), max_pixels=np.int64(4_000_000), num_threads=np.int32(1)) as det:
+        assert det.max_pixels == 4_000_000 and type(det.max_pixels) is int
+        assert load_image(_encode("PNG"), max_pixels=np.uint32(64 * 48)).shape == (48, 64, 3)
+        with BatchingDetector(det, max_batch=np.int64(2), max_queue=np.int16(4)) as batcher:
+            assert batcher.max_batch == 2 and batcher.max_queue == 4
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (memoryview(b"\x89PNG not really"), "use detect_one"),
+        ({"a.png": 1, "b.png": 2}, "got a dict"),
+        ({"a.png", "b.png"}, "got a set"),
+        (frozenset({"a.png"}), "got a frozenset"),
+        (42, "got int"),
+    ],
+)
+def test_detect_refuses_non_sequences(detector, images, message):
+    with pytest.raises(ImageError, match=message):
+        detector.detect(images)
+
+
+@pytest.mark.parametrize("obj", [None, "m.onnx", object(), 3])
+def test_batching_detector_needs_a_detector(obj):
+    with pytest.raises(ConfigError, match="BatchingDetector needs a Detector"):
+        BatchingDetector(obj)
