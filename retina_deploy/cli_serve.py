@@ -67,6 +67,7 @@ def _check_model(model: str) -> None:
 # -- serve ---------------------------------------------------------------------------------------
 
 _SERVE = "retina_deploy.runtime.serve"
+_RUNNER = "retina_deploy.runtime.serve_runner"
 _SERVE_FIELDS = ("max_batch", "max_delay_ms", "max_queue", "workers", "max_body_mb", "max_images", "timeout_s")
 
 
@@ -79,7 +80,8 @@ def run_serve(args) -> int:
     import logging
 
     from retina_deploy.runtime.detector import Detector
-    from retina_deploy.runtime.serve import ServeConfig, run_server
+    from retina_deploy.runtime.serve import ServeConfig
+    from retina_deploy.runtime.serve_runner import run_server
 
     _check_model(args.model)
     cfg = ServeConfig(**_given(args, (*_SERVE_FIELDS, "drain_timeout_s")))
@@ -96,9 +98,9 @@ def add_serve(sub) -> argparse.ArgumentParser:
     help_ = "Serve a model over HTTP with dynamic batching, health checks and Prometheus metrics."
     p = add_verb(sub, "serve", help_, run_serve)
     p.add_argument("model", help=".onnx, .engine, or triton://host:port/model")
-    p.add_argument("--host", help=LibraryDefault("address to listen on (0.0.0.0: all)", f"{_SERVE}:run_server.host"))
+    p.add_argument("--host", help=LibraryDefault("address to listen on (0.0.0.0: all)", f"{_RUNNER}:run_server.host"))
     p.add_argument(
-        "--port", type=_port, help=LibraryDefault("TCP port (0: any free one, printed)", f"{_SERVE}:run_server.port")
+        "--port", type=_port, help=LibraryDefault("TCP port (0: any free one, printed)", f"{_RUNNER}:run_server.port")
     )
     cfg = f"{_SERVE}:ServeConfig"
     helps = {

@@ -204,18 +204,21 @@ class BatchingDetector:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def close(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
+    def close(self, *, drain: bool = True, timeout_s: float | None = None) -> bool:
         """Refuse new requests; finish the accepted ones (``drain``) or fail them with BatcherClosedError.
 
-        Returns when the worker has stopped (or ``timeout_s`` passed). Idempotent.
+        Returns when the worker has stopped (True) or ``timeout_s`` passed first (False: a batch is
+        still running; calling again with ``drain=False`` fails what is queued once it ends). Idempotent.
         """
         with self._cond:
             self._closed = True
             self._drain = self._drain and drain
             self._cond.notify_all()
         self._worker.join(timeout_s)
-        if not self._worker.is_alive():
-            self._fail_pending()
+        if self._worker.is_alive():
+            return False
+        self._fail_pending()
+        return True
 
     def _fail_pending(self) -> None:
         with self._cond:

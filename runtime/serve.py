@@ -11,8 +11,9 @@ Routes:
 
 Admission is decided on the event loop before any decoding: a request whose images do not fit in
 the queue gets 503 with ``Retry-After`` at once. Errors are JSON ``{"error": message}``: 400 for a
-bad image or parameter (naming it), 404 unknown route, 413 body over the limit, 503 not ready or
-queue full, 504 no result in time. SIGTERM: stop accepting, answer what is in flight, exit.
+bad image or parameter (naming it), 404 unknown route, 413 body over the limit, 503 not ready,
+draining or queue full, 504 no result in time. A client that leaves mid-body is counted as 499.
+SIGTERM: see ``serve_runner`` (new requests 503, in-flight ones finish until the drain timeout).
 """
 
 from __future__ import annotations
@@ -22,24 +23,22 @@ import contextlib
 import logging
 import math
 import numbers
-import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from retina_deploy.errors import ConfigError, ImageError, RetinaDeployError
+from retina_deploy.errors import ConfigError, ImageError
 from retina_deploy.fileio import sha256_file
 from retina_deploy.runtime.argcheck import int_at_least
 from retina_deploy.runtime.batching import BatcherClosedError, BatchingDetector, QueueFullError
@@ -49,6 +48,7 @@ from retina_deploy.runtime.serve_request import Reject, filtered, query_options,
 
 log = logging.getLogger("retina_deploy.serve")
 RETRY_AFTER_S = "1"
+CLIENT_CLOSED_REQUEST = 499  # counted under this status (as nginx logs it); the client never sees it
 
 
 # name: (0 excluded?, largest value). A day-long batching delay or a request that waits for hours is a
@@ -104,7 +104,7 @@ class ServeConfig:
 
 
 class ServerState:
-    """What the handlers share: the detector once loaded, the batcher, readiness and admission counts."""
+    """What the handlers share: the detector once loaded, the batcher, readiness, admission and drain state."""
 
     def __init__(self, load: Callable[[], Detector], cfg: ServeConfig, metrics: ServeMetrics) -> None:
         self.load, self.cfg, self.metrics = load, cfg, metrics
@@ -112,47 +112,68 @@ class ServerState:
         self.model_info: dict[str, Any] = {}
         self.ready = threading.Event()
         self.draining = False
+        self.drain_deadline = math.inf  # time.monotonic() at which requests still running get 503
+        self.drain_expired = asyncio.Event()  # set on the event loop at drain_deadline
         self.load_error: str | None = None
         self.load_exception: Exception | None = None
         self.on_fatal: Callable[[str], None] = lambda message: None
         self.reserved = 0  # images admitted and being preprocessed, not yet in the batcher's queue
+        self.active = 0  # /v1/detect requests being handled
         self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="retina-preprocess")
 
     def start(self) -> None:
-        """Load the model, run a warm-up batch and open the batcher (in a thread; the server answers meanwhile)."""
-        threading.Thread(target=self._load, name="retina-load", daemon=True).start()
+        """Unless ``open_model`` already ran: open it in a thread (the server answers live meanwhile)."""
+        if not self.ready.is_set():
+            threading.Thread(target=self._load, name="retina-load", daemon=True).start()
+
+    def open_model(self) -> None:
+        """Load the model, run a warm-up batch, open the batcher, become ready; raises what ``load`` raises,
+        and ConfigError for a ``max_batch`` above the model's."""
+        detector = self.load()
+        info = describe_model(detector)
+        cfg = self.cfg
+        if cfg.max_batch is not None and cfg.max_batch > detector.max_batch:
+            raise ConfigError(f"max_batch {cfg.max_batch} exceeds the model's maximum batch {detector.max_batch}")
+        detector.run_batch(
+            np.zeros((cfg.max_batch or detector.max_batch, 3, *detector.spec.preprocess.size), np.float32)
+        )
+        self.batcher = BatchingDetector(
+            MeteredDetector(detector, self.metrics),
+            max_batch=cfg.max_batch,
+            max_delay_ms=cfg.max_delay_ms,
+            max_queue=cfg.max_queue,
+            timeout_s=cfg.timeout_s,
+        )
+        self.metrics.track_queue(lambda: self.batcher.queue_length)
+        self.model_info = {**info, "batch_range": [1, self.batcher.max_batch]}
+        self.ready.set()
+        log.info("model ready: %s", info["backend"])
 
     def _load(self) -> None:
         try:
-            detector = self.load()
-            info = describe_model(detector)
-            cfg = self.cfg
-            warmup = min(cfg.max_batch or detector.max_batch, detector.max_batch)
-            detector.run_batch(np.zeros((warmup, 3, *detector.spec.preprocess.size), np.float32))
-            metered = MeteredDetector(detector, self.metrics)
-            self.batcher = BatchingDetector(
-                metered,
-                max_batch=cfg.max_batch,
-                max_delay_ms=cfg.max_delay_ms,
-                max_queue=cfg.max_queue,
-                timeout_s=cfg.timeout_s,
-            )
-            self.metrics.track_queue(lambda: self.batcher.queue_length)
-            self.model_info = {**info, "batch_range": [1, self.batcher.max_batch]}
-            self.ready.set()
-            log.info("model ready: %s", info["backend"])
+            self.open_model()
         except Exception as e:  # noqa: BLE001 - reported on /health/ready and ends the server
             self.load_error = f"{type(e).__name__}: {e}"
             self.load_exception = e
             log.error("model failed to load: %s", self.load_error)
             self.on_fatal(self.load_error)
 
+    def begin_drain(self) -> None:
+        """Refuse new requests (503); those running get until ``drain_timeout_s`` from now."""
+        self.draining = True
+        self.drain_deadline = min(self.drain_deadline, time.monotonic() + self.cfg.drain_timeout_s)
+
     def close(self) -> None:
-        """Finish every accepted request, then release the model."""
+        """Finish the accepted requests (until the drain deadline, else the drain timeout), then release
+        the model. A batch stuck in the backend is left to its daemon thread, so closing is bounded."""
+        wait_s = min(self.cfg.drain_timeout_s, max(0.0, self.drain_deadline - time.monotonic()))
         if self.batcher is not None:
-            self.batcher.close(drain=True)
-            self.batcher.detector.close()
-        self.pool.shutdown(wait=True)
+            stopped = self.batcher.close(drain=True, timeout_s=wait_s) or self.batcher.close(drain=False, timeout_s=1.0)
+            if stopped:
+                self.batcher.detector.close()
+            else:
+                log.warning("the backend is still running a batch; exiting without waiting for it")
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def describe_model(detector: Detector) -> dict[str, Any]:
@@ -221,16 +242,42 @@ async def _metrics(request: Request) -> Response:
 
 async def _detect_route(request: Request) -> Response:
     st = _state(request)
+    st.active += 1
     try:
-        return JSONResponse({"results": await _detect(request, st)})
+        return JSONResponse({"results": await _unless_drain_expires(st, _detect(request, st))})
     except Reject as r:
         st.metrics.rejections.labels(reason=r.reason).inc()
         return _error(r.status, r.message, r.headers)
+    except ClientDisconnect:  # the client left while sending its body: nobody to answer, nothing failed
+        st.metrics.rejections.labels(reason="client_disconnected").inc()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    finally:
+        st.active -= 1
+
+
+async def _unless_drain_expires(st: ServerState, work: Coroutine[Any, Any, Any]) -> Any:
+    """``await work``, unless the drain deadline passes first: then it is cancelled and the answer is 503."""
+    task = asyncio.ensure_future(work)
+    expired = asyncio.ensure_future(st.drain_expired.wait())
+    try:
+        await asyncio.wait({task, expired}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        expired.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # let it unwind before answering
+    if not task.cancelled():
+        return task.result()
+    raise Reject(
+        503, f"shutting down: no result within the drain timeout ({st.cfg.drain_timeout_s:g} s)", "draining", _closing()
+    )
 
 
 async def _detect(request: Request, st: ServerState) -> list[dict[str, Any]]:
-    if st.draining or not st.ready.is_set():
-        raise Reject(503, "draining" if st.draining else "loading the model", "not_ready", _retry())
+    if st.draining:
+        raise Reject(503, "draining: shutting down", "draining", _closing())
+    if not st.ready.is_set():
+        raise Reject(503, "loading the model", "not_ready", _retry())
     score_threshold, max_detections = query_options(request)
     images = await request_images(request, max_bytes=st.cfg.max_body_bytes, max_images=st.cfg.max_images)
     batcher = st.batcher
@@ -270,11 +317,16 @@ def _retry() -> dict[str, str]:
     return {"Retry-After": RETRY_AFTER_S}
 
 
+def _closing() -> dict[str, str]:
+    """A draining server's 503: retry (elsewhere), and do not reuse this connection."""
+    return {"Retry-After": RETRY_AFTER_S, "Connection": "close"}
+
+
 def _submit_error(name: str, e: BaseException) -> Reject:
     if isinstance(e, QueueFullError):
         return Reject(503, str(e), "queue_full", _retry())
     if isinstance(e, BatcherClosedError):
-        return Reject(503, "draining: shutting down", "not_ready", _retry())
+        return Reject(503, "draining: shutting down", "draining", _closing())
     if isinstance(e, (ImageError, ConfigError)):
         return Reject(400, f"{name}: {e}", "bad_request")
     raise e
@@ -344,55 +396,3 @@ def create_app(load: Callable[[], Detector], cfg: ServeConfig | None = None) -> 
     app.state.retina = state
     app.add_middleware(_Metered, metrics=metrics)
     return app
-
-
-# ---------------------------------------------------------------------------------------------- runner
-
-
-def run_server(
-    load: Callable[[], Detector],
-    cfg: ServeConfig | None = None,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    announce: Callable[[str], None] = print,
-) -> int:
-    """Serve until SIGTERM/SIGINT (then drain); returns 0, or 1 when the model failed to load
-    (a RetinaDeployError from ``load`` is raised again once the server has stopped).
-
-    ``port`` 0 picks a free port; ``announce`` gets "listening on http://HOST:PORT" once bound.
-    """
-    cfg = cfg or ServeConfig()
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(f"port must be in 0..65535, got {port!r}")
-    app = create_app(load, cfg)
-    state: ServerState = app.state.retina
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from e
-    config = uvicorn.Config(
-        app, log_level="info", access_log=False, lifespan="on", timeout_graceful_shutdown=cfg.drain_timeout_s
-    )
-    server = _DrainingServer(config, state)
-    state.on_fatal = lambda message: setattr(server, "should_exit", True)
-    announce(f"listening on http://{host}:{sock.getsockname()[1]}")
-    server.run(sockets=[sock])
-    if isinstance(state.load_exception, RetinaDeployError):
-        raise state.load_exception
-    return 1 if state.load_error else 0
-
-
-class _DrainingServer(uvicorn.Server):
-    """uvicorn's Server that marks the app not ready as soon as a shutdown signal arrives."""
-
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
-        super().__init__(config)
-        self.state = state
-
-    def handle_exit(self, sig, frame) -> None:
-        self.state.draining = True
-        super().handle_exit(sig, frame)

@@ -23,7 +23,8 @@ class ServeMetrics:
     retina_request_latency_seconds{route}: time from the request's arrival to its answer.
     retina_batch_size: images per batch the model ran; retina_batch_seconds: time of each batch.
     retina_queue_depth: requests waiting for a batch; retina_requests_in_flight: requests being answered.
-    retina_rejections_total{reason}: queue_full, not_ready, too_large, bad_request, timeout.
+    retina_rejections_total{reason}: queue_full, not_ready, draining, too_large, bad_request, timeout,
+        client_disconnected (the client left while sending its body).
     retina_images_total: images detected.
     """
 

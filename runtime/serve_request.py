@@ -55,7 +55,8 @@ async def _body(request: Request, limit: int) -> bytes:
 async def request_images(request: Request, *, max_bytes: int, max_images: int) -> list[tuple[str, bytes]]:
     """[(name, encoded bytes)]: the body, or each file part of a multipart body."""
     body = await _body(request, max_bytes)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()  # case-insensitive
+    if media_type != "multipart/form-data":
         if not body:
             raise Reject(400, "empty body: send one image as the body or several as multipart/form-data", "bad_request")
         return [("body", body)]

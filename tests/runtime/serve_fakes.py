@@ -121,7 +121,8 @@ def wait_ready(client, base: str, timeout_s: float = 60) -> None:
 
 def serve_fake_main() -> None:
     """``python -c 'import serve_fakes; serve_fakes.serve_fake_main()'``: run_server with a slow fake model."""
-    from retina_deploy.runtime.serve import ServeConfig, run_server
+    from retina_deploy.runtime.serve import ServeConfig
+    from retina_deploy.runtime.serve_runner import run_server
 
     run_server(
         lambda: fake_detector(max_batch=4, delay_s=2.0),
