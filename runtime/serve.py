@@ -290,27 +290,39 @@ async def _detect(request: Request, st: ServerState) -> list[dict[str, Any]]:
     st.reserved += len(images)
     loop = asyncio.get_running_loop()
     try:
-        submitted = await asyncio.gather(
-            *(loop.run_in_executor(st.pool, batcher.submit, data) for _, data in images), return_exceptions=True
-        )
+        submitting = [loop.run_in_executor(st.pool, batcher.submit, data) for _, data in images]
+        await _wait_all(submitting)
     finally:
         st.reserved -= len(images)
-    failed = [(i, e) for i, e in enumerate(submitted) if isinstance(e, BaseException)]
+    failed = [(i, f.exception()) for i, f in enumerate(submitting) if f.exception() is not None]
     if failed:
-        for f in submitted:
-            if not isinstance(f, BaseException):
-                f.cancel()  # not run if still queued: the request is answered once, with the error
+        for f in submitting:
+            if f.exception() is None:
+                f.result().cancel()  # not run if still queued: the request is answered once, with the error
         raise _submit_error(images[failed[0][0]][0], failed[0][1])
-    try:
-        dets = await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, submitted)), st.cfg.timeout_s)
-    except asyncio.TimeoutError:
-        for f in submitted:
-            f.cancel()  # still queued: never run
-        raise Reject(504, f"no result within {st.cfg.timeout_s} s", "timeout") from None
+    results = [asyncio.wrap_future(f.result()) for f in submitting]
+    if not await _wait_all(results, st.cfg.timeout_s):
+        raise Reject(504, f"no result within {st.cfg.timeout_s} s", "timeout")
+    errors = [f.exception() for f in results]  # every one retrieved: none is logged as never retrieved
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+    dets = [f.result() for f in results]
     return [
         {"name": name, **filtered(d, score_threshold, max_detections).to_dict()}
         for (name, _), d in zip(images, dets, strict=True)
     ]
+
+
+async def _wait_all(futures: list[asyncio.Future], timeout_s: float | None = None) -> bool:
+    """Wait for every future, at most ``timeout_s``; True if all are done. Those left (on timeout, or when
+    this wait is cancelled) are cancelled: a queued request then never runs, and nothing is left unretrieved."""
+    try:
+        _, pending = await asyncio.wait(futures, timeout=timeout_s)
+    finally:
+        for f in futures:
+            f.cancel()  # no-op on the done ones
+    return not pending
 
 
 def _retry() -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 The fake backend turns an image's first pixel value v > 0 into one detection (score v/256, class v % 2,
 box 0..64 input pixels; none for v = 0), so every client can check it got its own answer. A gate holds batches
-in flight; ``delay_s`` makes each batch slow (the SIGTERM test runs this in a subprocess).
+in flight; ``delay_s`` makes each batch but the warm-up slow (the SIGTERM tests run this in a subprocess).
 """
 
 from __future__ import annotations
@@ -37,12 +37,15 @@ class FakeBackend:
         self.batch_sizes: list[int] = []
         self.entered = threading.Event()
         self.fail = False
+        self.runs = 0
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(30)
-        time.sleep(self.delay_s)
+        if self.runs:  # the warm-up batch is never slow
+            time.sleep(self.delay_s)
+        self.runs += 1
         if self.fail:
             raise RuntimeError("backend exploded")
         self.batch_sizes.append(batch.shape[0])
@@ -119,14 +122,18 @@ def wait_ready(client, base: str, timeout_s: float = 60) -> None:
     raise TimeoutError(f"{base} not ready within {timeout_s} s")
 
 
-def serve_fake_main() -> None:
-    """``python -c 'import serve_fakes; serve_fakes.serve_fake_main()'``: run_server with a slow fake model."""
+def serve_fake_main(delay_s: float = 2.0, drain_timeout_s: float = 20.0) -> None:
+    """``python -c 'import serve_fakes; serve_fakes.serve_fake_main()'``: run_server with a slow fake model
+    (each batch after the warm-up takes ``delay_s``); exits with run_server's return value."""
+    import sys
+
     from retina_deploy.runtime.serve import ServeConfig
     from retina_deploy.runtime.serve_runner import run_server
 
-    run_server(
-        lambda: fake_detector(max_batch=4, delay_s=2.0),
-        ServeConfig(max_batch=4, max_delay_ms=50, max_queue=16, drain_timeout_s=20),
+    rc = run_server(
+        lambda: fake_detector(max_batch=4, delay_s=delay_s),
+        ServeConfig(max_batch=4, max_delay_ms=50, max_queue=16, drain_timeout_s=drain_timeout_s),
         port=0,
         announce=lambda line: print(line, flush=True),
     )
+    sys.exit(rc)
