@@ -4,9 +4,11 @@ Most tests run the app under uvicorn in a thread (127.0.0.1, a free port) with a
 answer identifies each image (serve_fakes); one runs the real CLI on an exported ONNX file.
 """
 
+import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -144,6 +146,42 @@ def test_400_multipart_names_the_part(server):
     assert r.status_code == 400 and "multipart" in r.json()["error"]
 
 
+@pytest.mark.parametrize("media_type", ["Multipart/Form-Data", "MULTIPART/FORM-DATA", "multipart/form-data "])
+def test_multipart_media_type_is_case_insensitive(server, media_type):
+    base, c = server
+    files = [("images", (f"{v}.png", png(v), "image/png")) for v in (14, 15)]
+    req = c.build_request("POST", f"{base}/v1/detect", files=files)
+    req.headers["content-type"] = req.headers["content-type"].replace("multipart/form-data", media_type)
+    r = c.send(req)
+    assert r.status_code == 200, r.text
+    assert r.json()["results"] == [{"name": f"{v}.png", "detections": [expected(v)]} for v in (14, 15)]
+
+
+@pytest.mark.parametrize("sent", [0, 100, 5000])
+def test_client_leaving_mid_body_is_counted_499_not_500(server, caplog, sent):
+    base, c = server
+    host, port = base.removeprefix("http://").split(":")
+    before = c.get(f"{base}/metrics").text
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = "POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 9000\r\n\r\n"
+        sock.sendall(head.encode() + os.urandom(sent))
+    deadline = time.monotonic() + 10
+    while True:
+        after = c.get(f"{base}/metrics").text
+        if _metric(after, "retina_rejections_total", reason="client_disconnected") > _metric(
+            before, "retina_rejections_total", reason="client_disconnected"
+        ):
+            break
+        assert time.monotonic() < deadline, "the disconnect was never counted"
+        time.sleep(0.02)
+    for status in ("499", "500"):
+        moved = _metric(after, "retina_http_requests_total", route="/v1/detect", status=status) - _metric(
+            before, "retina_http_requests_total", route="/v1/detect", status=status
+        )
+        assert moved == (1 if status == "499" else 0), status
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_413_body_over_the_limit(server):
     base, c = server
     big = os.urandom(20_000)  # limit 0.01 MiB = 10485 bytes
@@ -255,10 +293,71 @@ def test_500_504_and_requests_larger_than_the_queue():
         assert c.post(f"{base}/v1/detect", content=png(8)).json()["results"][0]["detections"] == [expected(8)]
 
 
-def test_config_validation():
-    for bad in ({"max_queue": 0}, {"workers": -1}, {"max_delay_ms": float("nan")}, {"max_body_mb": 0}):
-        with pytest.raises(ConfigError):
-            ServeConfig(**bad)
+BAD_CONFIGS = [
+    {"max_queue": 0},
+    {"workers": -1},
+    {"max_delay_ms": float("nan")},
+    {"max_body_mb": 0},
+    {"max_delay_ms": 1e300},
+    {"max_delay_ms": 60_001},
+    {"timeout_s": 1e300},
+    {"timeout_s": 3601},
+    {"drain_timeout_s": 1e300},
+    {"max_body_mb": 1e9},
+    {"max_queue": 2.0},
+    {"timeout_s": "5"},
+    {"max_images": True},
+]
+
+
+@pytest.mark.parametrize("bad", BAD_CONFIGS, ids=[f"{k}={v!r}" for d in BAD_CONFIGS for k, v in d.items()])
+def test_config_validation(bad):
+    (name,) = bad
+    with pytest.raises(ConfigError, match=name):
+        ServeConfig(**bad)
+
+
+def test_config_takes_numpy_numbers_and_the_bounds_themselves():
+    cfg = ServeConfig(max_queue=np.int64(8), max_batch=np.int32(2), max_delay_ms=np.float32(60_000), timeout_s=3600)
+    assert (cfg.max_queue, cfg.max_batch, cfg.max_delay_ms, cfg.timeout_s) == (8, 2, 60_000.0, 3600.0)
+    assert type(cfg.max_queue) is int and type(cfg.max_delay_ms) is float
+
+
+@pytest.fixture
+def no_server_start(monkeypatch):
+    """Fail (instead of serving forever) if run_server gets as far as starting uvicorn."""
+    import uvicorn
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(uvicorn.Server, "run", refuse)
+
+
+@pytest.mark.parametrize("host", ["", " ", "\t", " 127.0.0.1", "127.0.0.1\n"])
+def test_run_server_refuses_an_empty_host_before_loading(no_server_start, host):
+    from retina_deploy.runtime.serve_runner import run_server
+
+    loads, announced = [], []
+    with pytest.raises(ConfigError, match="host must be an address"):
+        run_server(lambda: loads.append(1) or fake_detector(), host=host, port=0, announce=announced.append)
+    assert loads == [] and announced == []
+
+
+def test_run_server_checks_the_model_before_binding(no_server_start):
+    from retina_deploy.errors import ModelFileError
+    from retina_deploy.runtime.serve_runner import run_server
+
+    announced = []
+
+    def broken():
+        raise ModelFileError("m.onnx: not a loadable ONNX file")
+
+    with pytest.raises(ModelFileError, match="not a loadable"):
+        run_server(broken, port=0, announce=announced.append)
+    with pytest.raises(ConfigError, match="max_batch 8 exceeds the model's maximum batch 4"):
+        run_server(lambda: fake_detector(max_batch=4), ServeConfig(max_batch=8), port=0, announce=announced.append)
+    assert announced == []  # never bound
 
 
 # ------------------------------------------------------------------ SIGTERM
