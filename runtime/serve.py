@@ -123,7 +123,9 @@ class ServerState:
 
     def start(self) -> None:
         """Unless ``open_model`` already ran: open it in a thread (the server answers live meanwhile)."""
-        if not self.ready.is_set():
+        if self.ready.is_set():
+            log.info("model ready: %s", self.model_info["backend"])
+        else:
             threading.Thread(target=self._load, name="retina-load", daemon=True).start()
 
     def open_model(self) -> None:
@@ -147,11 +149,11 @@ class ServerState:
         self.metrics.track_queue(lambda: self.batcher.queue_length)
         self.model_info = {**info, "batch_range": [1, self.batcher.max_batch]}
         self.ready.set()
-        log.info("model ready: %s", info["backend"])
 
     def _load(self) -> None:
         try:
             self.open_model()
+            log.info("model ready: %s", self.model_info["backend"])
         except Exception as e:  # noqa: BLE001 - reported on /health/ready and ends the server
             self.load_error = f"{type(e).__name__}: {e}"
             self.load_exception = e
