@@ -4,8 +4,10 @@ Only JPEG, PNG and BMP are accepted, and an image's pixel count is checked from 
 pixel data is decoded, so a decompression bomb costs a header parse, not gigabytes of memory. Every
 failure is an ``ImageError`` naming the file (or ``<N bytes>`` for in-memory data).
 
-EXIF orientation is deliberately NOT applied: COCO annotations (and every box this toolkit returns)
-refer to the pixels as stored in the file, so rotating them here would misalign boxes and images.
+EXIF orientation is applied (as image viewers, torchvision's ``decode_jpeg(apply_exif_orientation=True)``
+and Ultralytics' loaders do): a phone photo stored sideways with Orientation=6 is decoded upright, and
+every box this toolkit returns is in those upright pixels. ``exif_orientation=False`` keeps the pixels
+as stored (for annotations made on stored pixels). An unreadable EXIF block is ignored, as viewers do.
 """
 
 from __future__ import annotations
@@ -30,18 +32,26 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 ImageSource = str | os.PathLike | bytes
 
 
-def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, channel_order: str = "rgb") -> np.ndarray:
+def load_image(
+    source: ImageSource,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    channel_order: str = "rgb",
+    exif_orientation: bool = True,
+) -> np.ndarray:
     """Decode a JPEG, PNG or BMP image into a 3-channel uint8 array.
 
     Args:
         source: a file path (str or PathLike) or the encoded file's bytes.
         max_pixels: largest accepted width * height, checked from the header before decoding.
         channel_order: "rgb" (default) or "bgr", the channel order of the returned array.
+        exif_orientation: turn the pixels upright as the EXIF Orientation tag (1-8) says; False: as stored.
 
     Returns:
         uint8 array [h, w, 3], C-contiguous, in ``channel_order``. Grayscale, palette and bilevel images
         are expanded to 3 channels, alpha is dropped (not composited), 16-bit grayscale keeps its 8 most
-        significant bits. Pixels are in stored orientation (no EXIF rotation).
+        significant bits. Upright as the EXIF orientation says (h and w swapped for orientations 5-8)
+        unless ``exif_orientation`` is False.
 
     Raises:
         ImageError: the file is missing, empty, truncated or corrupt, of another format, or larger than
@@ -60,7 +70,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, cha
                 raise ImageError(f"{name}: refused as a decompression bomb: {e}") from e
             except (OSError, SyntaxError, ValueError, EOFError) as e:
                 raise ImageError(f"{name}: cannot decode {img.format} image (truncated or corrupt): {e}") from e
-            array = _to_rgb_uint8(img, name)
+            array = _to_rgb_uint8(upright(img) if exif_orientation else img, name)
     if channel_order == "bgr":
         array = np.ascontiguousarray(array[..., ::-1])
     return array
@@ -165,6 +175,37 @@ def _sniff_format(fp: io.BufferedIOBase) -> str | None:
                 return other.format
     except Exception:  # only naming the format; the caller raises ImageError anyway
         return None
+
+
+# EXIF Orientation -> the transpose that shows the stored pixels as viewers do (TIFF 6.0 / EXIF 2.3: 1 is
+# upright; 6 "row 0 is the visual right side" needs a 90 degree clockwise turn, i.e. ROTATE_270).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation_of(img: Image.Image) -> int:
+    """The EXIF Orientation (1-8) of a decoded image; 1 when absent, out of range or unreadable."""
+    try:
+        with warnings.catch_warnings():  # Pillow warns "Corrupt EXIF data" on stderr
+            warnings.simplefilter("ignore")
+            value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block: shown as stored by viewers, so here too
+        return 1
+    return value if isinstance(value, int) and value in _ORIENTATION else 1
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says (``img`` itself for orientation 1)."""
+    method = _ORIENTATION.get(exif_orientation_of(img))
+    return img if method is None else img.transpose(method)
 
 
 def _to_rgb_uint8(img: Image.Image, name: str) -> np.ndarray:

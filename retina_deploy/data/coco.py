@@ -81,16 +81,26 @@ class CocoDataset:
     def __len__(self) -> int:
         return len(self.records)
 
-    def load_image(self, record: ImageRecord, *, max_pixels: int | None = None) -> np.ndarray:
-        """RGB uint8 [h, w, 3] of ``record``; DatasetError when the file's size is not the one the
-        annotations state (its boxes would be misplaced), ImageError for an unreadable file."""
+    def load_image(
+        self, record: ImageRecord, *, max_pixels: int | None = None, exif_orientation: bool = True
+    ) -> np.ndarray:
+        """RGB uint8 [h, w, 3] of ``record``, upright as its EXIF orientation says (``exif_orientation``
+        False: as stored); DatasetError when the decoded size is not the one the annotations state (its
+        boxes would be misplaced), ImageError for an unreadable file."""
         from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS, load_image
 
-        image = load_image(record.path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+        image = load_image(record.path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, exif_orientation=exif_orientation)
         if image.shape[:2] != (record.height, record.width):
+            hint = ""
+            if exif_orientation and image.shape[:2] == (record.width, record.height):
+                hint = (
+                    "; its EXIF orientation turns it by 90 degrees: annotations made on the stored pixels need"
+                    " exif_orientation=False"
+                )
             raise DatasetError(
                 f"{record.path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the "
                 f"{record.width}x{record.height} that {self.annotations_path} gives for image id {record.image_id}"
+                + hint
             )
         return image
 

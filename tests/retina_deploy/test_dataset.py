@@ -1,5 +1,6 @@
 """DetectionDataset: letterbox-scaled boxes, flip, scale jitter, per-epoch reproducibility, collate."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -144,3 +145,24 @@ def test_size_mismatch_and_bad_arguments(coco, tmp_path):
             DetectionDataset(coco, CFG, train=True, **kwargs)
     with pytest.raises(ConfigError, match="epoch"):
         DetectionDataset(coco, CFG, train=True).set_epoch(-1)
+
+
+def test_training_images_are_upright_as_their_exif_orientation_says(coco):
+    """a.png stored sideways (turned 90 degrees counter-clockwise) with Orientation=6: the dataset gives the
+    same image and boxes as for the upright file, since the annotations are of what viewers show."""
+    ds = DetectionDataset(coco, CFG, train=False)
+    want_img, want_t = ds[0]
+    upright = np.asarray(Image.open(coco.records[0].path).convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(coco.records[0].path, exif=exif.tobytes())
+    got_img, got_t = ds[0]
+    torch.testing.assert_close(got_img, want_img, rtol=0, atol=0)
+    torch.testing.assert_close(got_t["boxes"], want_t["boxes"], rtol=0, atol=0)
+    # annotations made on the stored pixels (100 wide, 200 high): refused with the reason, or read as stored
+    stored = dataclasses.replace(coco.records[0], width=100, height=200)
+    with pytest.raises(
+        DatasetError, match=r"decoded size 200x100 differs .* EXIF orientation .* exif_orientation=False"
+    ):
+        coco.load_image(stored)
+    assert coco.load_image(stored, exif_orientation=False).shape == (200, 100, 3)

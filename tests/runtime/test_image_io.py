@@ -164,3 +164,81 @@ def test_as_rgb_array_validates_and_converts():
         as_rgb_array([[1, 2, 3]])
     with pytest.raises(ConfigError, match="channel_order"):
         as_rgb_array(pixels, channel_order="RGB")
+
+
+# ---------------------------------------------------------------- EXIF orientation
+
+# Orientation o -> how a camera stores an upright picture U: the inverse of the turn a viewer applies
+# (EXIF 2.3, tag 0x0112: 6 = "row 0 is the visual right side", shown after a 90 degree clockwise turn,
+# so the camera stored U turned 90 degrees counter-clockwise; 5 and 7 are the two diagonal mirrors).
+STORED = {
+    1: lambda u: u,
+    2: lambda u: u[:, ::-1],
+    3: lambda u: u[::-1, ::-1],
+    4: lambda u: u[::-1],
+    5: lambda u: u.transpose(1, 0, 2),
+    6: lambda u: np.rot90(u, 1),  # counter-clockwise
+    7: lambda u: np.rot90(u, 2).transpose(1, 0, 2),
+    8: lambda u: np.rot90(u, -1),  # clockwise
+}
+
+
+def _upright():
+    """40x60 upright picture: a bright top-left block, a mid-grey bottom-right one, so every turn differs."""
+    u = np.full((40, 60, 3), 20, np.uint8)
+    u[:16, :24] = (230, 40, 40)
+    u[24:, 36:] = (60, 160, 220)
+    return u
+
+
+def _with_orientation(fmt: str, orientation: int, upright: np.ndarray) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = np.ascontiguousarray(STORED[orientation](upright))
+    kw = {"quality": 95} if fmt == "JPEG" else {}
+    return _encode(stored, fmt, exif=exif.tobytes(), **kw)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_exif_orientation_gives_the_upright_picture(orientation, fmt):
+    u = _upright()
+    data = _with_orientation(fmt, orientation, u)
+    with Image.open(io.BytesIO(data)) as check:  # the file really carries the tag
+        assert check.getexif()[0x0112] == orientation
+    got = load_image(data)
+    assert got.shape == u.shape
+    if fmt == "PNG":
+        np.testing.assert_array_equal(got, u)
+    else:  # JPEG at quality 95: blocks of flat colour come back within a few levels, edges aside
+        assert np.median(np.abs(got.astype(int) - u)) <= 2 and np.mean(np.abs(got.astype(int) - u)) < 6
+    stored = load_image(data, exif_orientation=False)
+    assert stored.shape == STORED[orientation](u).shape
+
+
+@pytest.mark.parametrize("value", [0, 9, 255])
+def test_exif_orientation_out_of_range_is_ignored(value):
+    u = _upright()
+    exif = Image.Exif()
+    exif[0x0112] = value
+    np.testing.assert_array_equal(load_image(_encode(u, "PNG", exif=exif.tobytes())), u)
+
+
+def test_corrupt_exif_block_is_ignored_like_viewers_do():
+    u = _upright()
+    data = _encode(u, "PNG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")  # IFD count beyond the data
+    np.testing.assert_array_equal(load_image(data), u)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_detector_boxes_are_in_upright_pixels(orientation):
+    """The fake model answers one box over the input's top-left 64x64 px, scored by the top-left pixel.
+    For an upright picture 100 wide, 20 high (scale 1.28) that is 0..50 x 0..20 (clipped) with the red
+    corner's score, whatever turn the file stores; stored pixels would give 0..20 x 0..50 or another score."""
+    from serve_fakes import fake_detector
+
+    u = np.full((20, 100, 3), 20, np.uint8)
+    u[:5, :5] = (230, 0, 0)
+    (dets,) = fake_detector().detect([_with_orientation("PNG", orientation, u)])
+    assert dets.scores.tolist() == pytest.approx([230 / 256])
+    np.testing.assert_allclose(dets.boxes, [[0, 0, 50, 20]], atol=1e-4)
