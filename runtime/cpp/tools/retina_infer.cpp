@@ -1,7 +1,5 @@
 // retina_infer ENGINE IMAGE... [--json] [--iterations N] [--device D] [--cuda-graphs]
 // Detections of each image (JSON with --json); with --iterations, latency of detect() over all images.
-#include <stb_image.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -12,38 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "image_file.hpp"
 #include "retina/detector.hpp"
 
 namespace {
-
-struct Decoded {
-  std::unique_ptr<unsigned char, void (*)(void*)> pixels{nullptr, stbi_image_free};
-  int width = 0, height = 0;
-};
-
-// JPEG, PNG or BMP only (checked from the magic bytes), pixel count checked from the header before decoding.
-Decoded decode(const std::string& path, std::int64_t max_pixels) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw retina::Error(retina::ErrorCode::kImage, path + ": cannot open");
-  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const bool jpeg = bytes.size() > 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF;
-  const bool png = bytes.size() > 8 && std::memcmp(bytes.data(), "\x89PNG\r\n\x1a\n", 8) == 0;
-  const bool bmp = bytes.size() > 2 && bytes[0] == 'B' && bytes[1] == 'M';
-  if (!jpeg && !png && !bmp) throw retina::Error(retina::ErrorCode::kImage, path + ": not a JPEG, PNG or BMP file");
-  const int size = static_cast<int>(std::min<std::size_t>(bytes.size(), 1u << 30));
-  Decoded d;
-  int channels = 0;
-  if (!stbi_info_from_memory(bytes.data(), size, &d.width, &d.height, &channels)) {
-    throw retina::Error(retina::ErrorCode::kImage, path + ": " + stbi_failure_reason());
-  }
-  if (static_cast<std::int64_t>(d.width) * d.height > max_pixels) {
-    throw retina::Error(retina::ErrorCode::kImage, path + ": " + std::to_string(d.width) + "x" +
-                                                       std::to_string(d.height) + " exceeds the pixel limit");
-  }
-  d.pixels.reset(stbi_load_from_memory(bytes.data(), size, &d.width, &d.height, &channels, 3));
-  if (!d.pixels) throw retina::Error(retina::ErrorCode::kImage, path + ": " + stbi_failure_reason());
-  return d;
-}
 
 double percentile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
@@ -133,12 +103,15 @@ int main(int argc, char** argv) {
   Args args;
   if (const int status = parse_args(argc, argv, args); status != 0) return status < 0 ? 0 : status;
   try {
-    std::vector<Decoded> decoded;  // images first: a bad path fails before an engine is deserialized
-    for (const std::string& path : args.images) decoded.push_back(decode(path, args.options.max_pixels));
+    // Images first (upright as their EXIF orientation says): a bad path fails before an engine is deserialized.
+    std::vector<retina_tools::DecodedImage> decoded;
+    for (const std::string& path : args.images) {
+      decoded.push_back(retina_tools::decode_image_file(path, args.options.max_pixels));
+    }
     std::unique_ptr<retina::Detector> detector = retina::Detector::load(args.engine, args.options);
     std::vector<retina::ImageView> views;
-    for (const Decoded& d : decoded) {
-      views.push_back({d.pixels.get(), d.width, d.height, static_cast<std::size_t>(d.width) * 3, retina::ChannelOrder::kRGB});
+    for (const retina_tools::DecodedImage& d : decoded) {
+      views.push_back({d.rgb.data(), d.width, d.height, static_cast<std::size_t>(d.width) * 3, retina::ChannelOrder::kRGB});
     }
     const std::vector<retina::Detections> results = detector->detect(views);
     nlohmann::json out = {{"engine", args.engine}, {"backend", detector->describe()}, {"images", nlohmann::json::array()}};
