@@ -98,7 +98,9 @@ def add_serve(sub) -> argparse.ArgumentParser:
     help_ = "Serve a model over HTTP with dynamic batching, health checks and Prometheus metrics."
     p = add_verb(sub, "serve", help_, run_serve)
     p.add_argument("model", help=".onnx, .engine, or triton://host:port/model")
-    p.add_argument("--host", help=LibraryDefault("address to listen on (0.0.0.0: all)", f"{_RUNNER}:run_server.host"))
+    p.add_argument(
+        "--host", help=LibraryDefault("address to listen on (0.0.0.0: all; never empty)", f"{_RUNNER}:run_server.host")
+    )
     p.add_argument(
         "--port", type=_port, help=LibraryDefault("TCP port (0: any free one, printed)", f"{_RUNNER}:run_server.port")
     )
@@ -109,12 +111,12 @@ def add_serve(sub) -> argparse.ArgumentParser:
             _positive_int,
             lambda v: "the model's maximum" if v is None else v,
         ),
-        "max_delay_ms": ("longest wait for a batch to fill", _non_negative, str),
+        "max_delay_ms": ("longest wait for a batch to fill, at most 60000", _non_negative, str),
         "max_queue": ("images waiting; more get 503 with Retry-After", _positive_int, str),
         "workers": ("threads that decode and preprocess images", _positive_int, str),
-        "max_body_mb": ("largest request body in MiB (413 above)", _positive, str),
+        "max_body_mb": ("largest request body in MiB (413 above), at most 4096", _positive, str),
         "max_images": ("most images in one multipart request", _positive_int, str),
-        "timeout_s": ("seconds a request may wait for its result (504 after)", _positive, str),
+        "timeout_s": ("seconds a request may wait for its result (504 after), at most 3600", _positive, str),
     }
     for field, (text, type_, fmt) in helps.items():
         flag = "--timeout" if field == "timeout_s" else "--" + field.replace("_", "-")
@@ -123,7 +125,9 @@ def add_serve(sub) -> argparse.ArgumentParser:
         "--drain-timeout",
         dest="drain_timeout_s",
         type=_non_negative,
-        help=LibraryDefault("on SIGTERM, seconds to finish the requests in flight", f"{cfg}.drain_timeout_s"),
+        help=LibraryDefault(
+            "on SIGTERM, seconds to finish the requests in flight (then 503), at most 3600", f"{cfg}.drain_timeout_s"
+        ),
     )
     p.add_argument(
         "--backend",
