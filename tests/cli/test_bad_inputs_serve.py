@@ -71,3 +71,16 @@ def test_port_in_use_is_one_line(workspace, capsys, no_server_start):
         rc, out, err = run_cli(capsys, ["serve", "m.onnx", "--port", port])
     assert_one_line_error(rc, err, (f"127.0.0.1:{port}", "in use"))
     assert "listening on" not in out
+
+
+def test_help_states_every_bound(capsys):
+    from retina_deploy.cli import main
+    from retina_deploy.runtime.serve import CONFIG_BOUNDS
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).split("options:")[1]
+    for flag, name in (("--max-delay-ms", "max_delay_ms"), ("--max-body-mb", "max_body_mb"), ("--timeout", "timeout_s"),
+                       ("--drain-timeout", "drain_timeout_s")):  # fmt: skip
+        help_text = text.split(f"{flag} ")[1].split(" --")[0]
+        assert f"at most {CONFIG_BOUNDS[name][1]:g}" in help_text, (flag, help_text)
