@@ -201,7 +201,7 @@ class Detector:
 
     def describe(self) -> str:
         """"<backend name> backend, model <source>" for messages."""
-        return f"{self.backend.name} backend, model {self.source}"
+        return f"{getattr(self.backend, 'name', type(self.backend).__name__)} backend, model {self.source}"
 
     def _to_detections(self, out: dict[str, np.ndarray], chunk: Sequence[PreparedImage]) -> list[Detections]:
         results = []
