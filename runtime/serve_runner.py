@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import uvicorn
 
-from retina_deploy.errors import ConfigError, RetinaDeployError
+from retina_deploy.errors import ConfigError, ModelFileError, RetinaDeployError
 from retina_deploy.runtime.detector import Detector
 from retina_deploy.runtime.serve import ServeConfig, ServerState, create_app
 
@@ -37,8 +37,9 @@ def run_server(
     later (reported on ``/health/ready``).
 
     ``port`` 0 picks a free port; ``announce`` gets "listening on http://HOST:PORT" once bound. Raises
-    ConfigError (bad host, port or settings, port in use, ``max_batch`` above the model's) and whatever
-    ``load`` raises (ModelFileError, TritonServerError, ...) before anything is bound.
+    ConfigError (bad host, port or settings, port in use, ``max_batch`` above the model's) and what ``load``
+    raises (ModelFileError, TritonServerError, ...; any other exception of the load or the warm-up batch as
+    ModelFileError) before anything is bound.
     """
     cfg = cfg or ServeConfig()
     if not isinstance(host, str) or not host.strip() or host != host.strip():
@@ -47,7 +48,12 @@ def run_server(
         raise ConfigError(f"port must be in 0..65535, got {port!r}")
     app = create_app(load, cfg)
     state: ServerState = app.state.retina
-    state.open_model()
+    try:
+        state.open_model()
+    except RetinaDeployError:
+        raise
+    except Exception as e:  # e.g. a backend's RuntimeError in the warm-up batch: one line for the CLI too
+        raise ModelFileError(f"model failed to load: {type(e).__name__}: {e}") from e
     sock = _bind(host, port)
     config = uvicorn.Config(
         app, log_level="info", access_log=False, lifespan="on", timeout_graceful_shutdown=SHUTDOWN_S

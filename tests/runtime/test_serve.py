@@ -357,6 +357,10 @@ def test_run_server_checks_the_model_before_binding(no_server_start):
         run_server(broken, port=0, announce=announced.append)
     with pytest.raises(ConfigError, match="max_batch 8 exceeds the model's maximum batch 4"):
         run_server(lambda: fake_detector(max_batch=4), ServeConfig(max_batch=8), port=0, announce=announced.append)
+    exploding = fake_detector(max_batch=4)
+    exploding.backend.fail = True  # the warm-up batch fails
+    with pytest.raises(ModelFileError, match="model failed to load: RuntimeError: backend exploded"):
+        run_server(lambda: exploding, port=0, announce=announced.append)
     assert announced == []  # never bound
 
 
