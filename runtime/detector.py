@@ -200,7 +200,7 @@ class Detector:
         return check_detections(out, len(self.class_names), where)
 
     def describe(self) -> str:
-        """ "<backend name> backend, model <source>" for messages."""
+        """For messages: "<backend name> backend, model <source>"."""
         return f"{getattr(self.backend, 'name', type(self.backend).__name__)} backend, model {self.source}"
 
     def _to_detections(self, out: dict[str, np.ndarray], chunk: Sequence[PreparedImage]) -> list[Detections]:
