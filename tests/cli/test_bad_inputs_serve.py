@@ -75,7 +75,7 @@ def test_port_in_use_is_one_line(workspace, capsys, no_server_start):
 
 def test_help_states_every_bound(capsys):
     from retina_deploy.cli import main
-    from retina_deploy.runtime.serve import CONFIG_BOUNDS
+    from retina_deploy.runtime.serve_config import CONFIG_BOUNDS
 
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
