@@ -116,7 +116,7 @@ class ServerState:
         the model. A batch stuck in the backend is left to its daemon thread, so closing is bounded."""
         wait_s = min(self.cfg.drain_timeout_s, max(0.0, self.drain_deadline - time.monotonic()))
         if self.batcher is not None:
-            stopped = self.batcher.close(drain=True, timeout_s=wait_s) or self.batcher.close(drain=False, timeout_s=1.0)
+            stopped = self.batcher.close(drain=True, timeout_s=wait_s) or self.batcher.close(drain=False, timeout_s=0.2)
             if stopped:
                 self.batcher.detector.close()
             else:
