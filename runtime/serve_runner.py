@@ -5,7 +5,7 @@ port; so a bad model or setting costs no bound socket and no log lines, only its
 
 SIGTERM (or SIGINT): the server keeps its port and answers new requests 503 ``draining`` (with
 ``Connection: close``) while the requests in flight finish; those still running ``drain_timeout_s``
-after the signal are answered 503 too; then it stops. A second signal stops it at once. Exit is
+after the signal are answered 503 too; then it stops. A second signal ends the drain at once. Exit is
 bounded by ``drain_timeout_s`` plus about a second (at most ~2.5 s), even with a backend that never returns.
 """
 
