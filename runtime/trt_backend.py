@@ -30,10 +30,12 @@ from retina_deploy.runtime.cuda_mem import (
     NoCudaDeviceError,
     PinnedArray,
     Stream,
+    check,
     import_cudart,
     select_device,
 )
 from retina_deploy.runtime.manifest import REBUILD_HINT, EngineManifest, check_compatible, read_verified_engine
+from retina_deploy.runtime.trt_support import UnsupportedGpuError, check_flavour_runs_here, init_plugins
 
 FLAVOUR_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 _EXTRAS = {"tensorrt": "trt", "tensorrt-rtx": "rtx"}
@@ -131,6 +133,7 @@ def make_logger(trt: ModuleType) -> Any:
 
 def deserialize(trt: ModuleType, data: bytes, path: str, logger: Any) -> tuple[Any, Any]:
     """Run TensorRT's validity check (where offered), then deserialize. Returns (runtime, engine)."""
+    init_plugins(trt, logger)  # an engine with a plugin layer (EfficientNMS_TRT) deserializes only after this
     runtime = trt.Runtime(logger)
     if hasattr(runtime, "get_engine_validity"):
         validity, diagnostics = runtime.get_engine_validity(data)
@@ -161,8 +164,11 @@ class TrtBackend:
     state it was captured with), so each captured size costs one more context's activation memory.
     """
 
-    def __init__(self, *, trt, manifest, runtime, engine, inp, outputs, cuda_graphs: bool, path: str) -> None:
+    def __init__(
+        self, *, trt, manifest, runtime, engine, inp, outputs, cuda_graphs: bool, path: str, device: int = 0
+    ) -> None:
         self.trt = trt
+        self.device = int(device)
         self.manifest = manifest
         self.name = manifest.flavour
         self.path = path
@@ -173,8 +179,9 @@ class TrtBackend:
         self._runtime, self._engine = runtime, engine
         self._lock = threading.Lock()
         self._manual_graphs = cuda_graphs and manifest.flavour == "tensorrt"
+        self._cuda_graphs = cuda_graphs
         self._graphs: dict[int, tuple[Any, Any]] = {}  # batch -> (its context, graph exec)
-        self._no_graph: set[int] = set()
+        self._no_graph: dict[int, str] = {}  # batch -> why its capture failed (it runs without a graph)
         self._bindings: list[_Binding] = []
         self._context = self._stream = None
         self._events: EventTimer | None = None
@@ -195,7 +202,8 @@ class TrtBackend:
         """Verify and load ``path`` on GPU ``device``; ``flavour`` None follows the manifest.
 
         Raises ModelFileError (missing/foreign/tampered engine or manifest, version or GPU mismatch:
-        the message says to rebuild), TensorRTUnavailableError, NoCudaDeviceError.
+        the message says to rebuild), TensorRTUnavailableError, NoCudaDeviceError (UnsupportedGpuError:
+        a GPU the flavour does not run on).
         """
         path = str(path)
         manifest, data = read_verified_engine(path)  # sha256 before any TensorRT code runs
@@ -203,6 +211,7 @@ class TrtBackend:
         trt = import_tensorrt(manifest.flavour)
         check_compatible(manifest, path, trt_version=trt.__version__)
         gpu_name, capability = select_device(import_cudart(), device)
+        check_flavour_runs_here(trt, manifest.flavour, capability, gpu_name, path)
         check_compatible(manifest, path, gpu_name=gpu_name, compute_capability=capability)
         runtime, engine = deserialize(trt, data, path, make_logger(trt))
         inp, outputs = check_io(describe_io(engine, trt), manifest, path)
@@ -215,6 +224,7 @@ class TrtBackend:
             outputs=outputs,
             cuda_graphs=cuda_graphs,
             path=path,
+            device=device,
         )
 
     def _allocate(self, specs: list[TensorSpec]) -> None:
@@ -250,6 +260,8 @@ class TrtBackend:
         with self._lock:
             if self._context is None:
                 raise RuntimeError(f"{self.path}: the backend is closed")
+            # The current device is per host thread: a batcher or server thread must select it itself.
+            check(self._cudart, self._cudart.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
             inp, outputs = self._bindings[0], self._bindings[1:]
             inp.host.array[:b] = batch
             events = self._events
@@ -292,11 +304,23 @@ class TrtBackend:
         if not self._context.execute_async_v3(self._stream.ptr):
             raise RuntimeError(f"{self.path}: execute_async_v3 failed at batch {b}")
 
+    def graph_status(self, batch: int) -> str | None:
+        """Whether ``batch`` runs as a CUDA graph: None (graphs off), "captured", "not captured yet",
+        "not captured: WHY" (it runs without a graph), or "built-in" (TensorRT-RTX captures by itself)."""
+        if not self._cuda_graphs:
+            return None
+        if not self._manual_graphs:
+            return "built-in (TensorRT-RTX captures and replays per shape)"
+        if batch in self._graphs:
+            return "captured"
+        return f"not captured: {self._no_graph[batch]}" if batch in self._no_graph else "not captured yet"
+
     def _capture(self, b: int) -> None:
         """Capture batch ``b`` on a context of its own: one warm-up run, then stream capture.
 
         The input buffer still holds this batch, so the warm-up rewrites the same outputs. Any
-        failure leaves batch ``b`` on the ordinary path; a result is never lost to it.
+        failure leaves batch ``b`` on the ordinary path, its reason in ``graph_status``; a result is
+        never lost to it.
         """
         context = None
         try:
@@ -318,14 +342,16 @@ class TrtBackend:
                 self._stream.abort_capture()
                 raise ModelFileError("execute_async_v3 failed during capture")
             self._graphs[b] = (context, self._stream.end_capture())
-        except (CudaError, ModelFileError):
-            self._no_graph.add(b)
+        except (CudaError, ModelFileError) as e:
+            self._no_graph[b] = str(e)
             with contextlib.suppress(CudaError):
                 self._stream.synchronize()
 
     def close(self) -> None:
         """Free graphs, contexts, buffers and the stream, then the engine; idempotent."""
         with self._lock:
+            if self._stream is not None:  # on this backend's device, whichever thread closes it
+                check(self._cudart, self._cudart.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
             for _, graph in self._graphs.values():
                 self._stream.destroy_graph(graph)
             self._graphs.clear()
@@ -349,6 +375,7 @@ __all__ = [
     "TensorRTUnavailableError",
     "TensorSpec",
     "TrtBackend",
+    "UnsupportedGpuError",
     "check_io",
     "describe_io",
     "import_tensorrt",
