@@ -10,6 +10,7 @@
 import importlib.util
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from retina_deploy.runtime.manifest import manifest_path, sha256_file, write_man
 from retina_deploy.runtime.trt_backend import (
     TensorRTUnavailableError,
     TrtBackend,
+    UnsupportedGpuError,
     check_io,
     describe_io,
     import_tensorrt,
@@ -71,6 +73,7 @@ def _fake_engine_file(tmp_path, **overrides):
 def fakes(monkeypatch):
     cudart = FakeCudart()
     FakeTrt.engine = FakeEngine(cudart)
+    monkeypatch.setattr(FakeTrt, "plugins_initialised", False)
     monkeypatch.setattr(trt_backend, "import_tensorrt", lambda flavour: FakeTrt)
     monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
     return cudart
@@ -165,6 +168,7 @@ def test_run_loop_with_fake_engine(tmp_path, fakes, cuda_graphs):
         for name, expected in reference_outputs(batch).items():
             np.testing.assert_allclose(out[name], expected, rtol=1e-6)
     assert (fakes.graph_launches > 0) == cuda_graphs
+    assert [backend.graph_status(b) for b in (1, 2, 3)] == (["captured", "not captured yet", "captured"] if cuda_graphs else [None] * 3)
     # one context, plus one per captured batch size (1, 3, 4)
     assert FakeTrt.engine.contexts == (4 if cuda_graphs else 1)
     with pytest.raises(ValueError, match="batch must be"):
@@ -175,13 +179,15 @@ def test_run_loop_with_fake_engine(tmp_path, fakes, cuda_graphs):
     assert fakes.freed == allocated and not fakes.buffers
 
 
-def test_failed_capture_falls_back_without_losing_results(tmp_path, fakes):
-    FakeTrt.engine.capture_fails = True
+def test_failed_capture_falls_back_without_losing_results_and_says_so(tmp_path, fakes):
+    FakeTrt.engine.data_dependent = True  # e.g. the NMS layer of --nms onnx engines: capture is invalidated
     backend = TrtBackend.load(_fake_engine_file(tmp_path, flavour="tensorrt"), cuda_graphs=True)
     batch = np.random.default_rng(1).normal(size=(2, 3, 128, 128)).astype(np.float32)
+    assert backend.graph_status(2) == "not captured yet"
     for _ in range(3):
         np.testing.assert_allclose(backend.run(batch)["scores"], reference_outputs(batch)["scores"], rtol=1e-6)
     assert fakes.graph_launches == 0 and fakes.capturing is None
+    assert backend.graph_status(2).startswith("not captured: execute_async_v3 failed during capture")
     backend.close()
     with pytest.raises(RuntimeError, match="closed"):
         backend.run(batch)
@@ -205,6 +211,48 @@ def test_cuda_failures_are_typed(tmp_path, fakes):
         TrtBackend.load(_fake_engine_file(tmp_path))
     with pytest.raises(NoCudaDeviceError, match="device 3 does not exist"):
         select_device(FakeCudart(device_count=2), 3)
+
+
+def test_engine_with_a_plugin_layer_and_int32_outputs_runs(tmp_path, fakes):
+    # an EfficientNMS_TRT engine: deserializes only from an initialised plugin registry; int32 outputs
+    FakeTrt.engine = FakeEngine(fakes, plugin=True, outputs="nms")
+    backend = TrtBackend.load(_fake_engine_file(tmp_path, flavour="tensorrt"))
+    batch = np.random.default_rng(2).normal(size=(3, 3, 128, 128)).astype(np.float32)
+    out, expected = backend.run(batch), reference_outputs(batch, "nms")
+    assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in expected.items()}
+    for name, value in expected.items():
+        np.testing.assert_array_equal(out[name], value)
+    backend.close()
+
+
+def test_tensorrt_rtx_on_a_gpu_it_does_not_support_is_not_a_rebuild(tmp_path, fakes):
+    fakes.capability = (9, 0)  # H100 / H200: TensorRT-RTX 1.7 runs on 7.5, 8.0, 8.6, 8.9, 12.x
+    path = _fake_engine_file(tmp_path)
+    for load in (TrtBackend.load, Detector.load):
+        with pytest.raises(UnsupportedGpuError, match="TensorRT-RTX 1.7.1.116 does not run on this GPU") as info:
+            load(path)
+        assert "compute capability 9.0" in str(info.value) and "--flavor tensorrt" in str(info.value)
+        assert "rebuild" not in str(info.value)
+    fakes.capability = (12, 0)
+    TrtBackend.load(path).close()
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_runs_from_other_threads_select_the_backend_device(tmp_path, fakes, cuda_graphs):
+    # the current device is per host thread: a batcher / server thread starts on device 0
+    fakes.device_count = 2
+    backend = TrtBackend.load(_fake_engine_file(tmp_path, flavour="tensorrt"), device=1, cuda_graphs=cuda_graphs)
+    batch = np.random.default_rng(3).normal(size=(2, 3, 128, 128)).astype(np.float32)
+    results = []
+    for _ in range(3):
+        worker = threading.Thread(target=lambda: results.append(backend.run(batch)))
+        worker.start()
+        worker.join()
+    assert len(results) == 3
+    for out in results:
+        np.testing.assert_allclose(out["boxes"], reference_outputs(batch)["boxes"], rtol=1e-6)
+    assert (fakes.graph_launches == 2) == cuda_graphs
+    backend.close()
 
 
 @pytest.mark.skipif(not HAS_CUDART, reason="cuda-python is not installed")
