@@ -42,7 +42,8 @@ ONNX_LAYER = {
     "QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE", "NonMaxSuppression": "NMS", "Where": "SELECT",
     "ConstantOfShape": "FILL", "Expand": "SLICE", "Identity": "IDENTITY", "Softmax": "SOFTMAX", "NonZero": "NON_ZERO",
     "Range": "FILL", "Mod": "ELEMENTWISE", "Xor": "ELEMENTWISE",
-    "GreaterOrEqual": "ELEMENTWISE", "GatherElements": "GATHER", "ScatterND": "SCATTER", "Tile": "SLICE", "ArgMax": "TOPK", "EfficientNMS_TRT": "PLUGIN_V2",
+    "GreaterOrEqual": "ELEMENTWISE", "GatherElements": "GATHER", "ScatterND": "SCATTER",
+    "Tile": "SLICE", "ArgMax": "TOPK", "EfficientNMS_TRT": "PLUGIN_V2",
 }  # fmt: skip
 ONNX_TYPES = {1: "FLOAT", 10: "HALF", 3: "INT8", 6: "INT32", 9: "BOOL", 2: "UINT8", 16: "BF16", 7: "INT64"}
 

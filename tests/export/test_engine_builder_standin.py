@@ -243,7 +243,7 @@ def test_dla_fp16_sets_device_core_and_gpu_fallback(default_builds, none_export,
         ("core", "DLA core 2 does not exist: tensorrt sees 2 DLA cores"),
         ("fp32", "DLA runs FP16 or INT8 only"),
         ("dynamic", "DLA needs a fixed batch"),
-        ("strongly_typed_10", "DLA with a strongly typed network is not documented for tensorrt 10.*--legacy-precision"),
+        ("strongly_typed_10", "strongly typed network is not documented for tensorrt 10.*--legacy-precision"),
     ],
 )
 def test_dla_refusals(default_builds, none_export, tmp_path, monkeypatch, case, match):
@@ -338,7 +338,8 @@ def test_efficient_nms_builds_once_the_plugin_registry_is_initialised(r18_export
     assert trt._plugins and trt.builds[-1]["conv_precisions"] == ["fp32"]
     assert result.precision_check["engine"]["counts"] == {"fp32": result.precision_check["network"]["counts"]["conv"]}
     engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(result.engine_path.read_bytes())
-    assert [s.dtype.name for s in describe_io(engine, trt) if not s.is_input] == ["int32", "float32", "float32", "int32"]
+    types = [s.dtype.name for s in describe_io(engine, trt) if not s.is_input]
+    assert types == ["int32", "float32", "float32", "int32"]  # num_dets, boxes, scores, classes
 
 
 def test_missing_plugin_library_hint_speaks_of_tensorrt_not_rtx(r18_exports, tmp_path, monkeypatch):

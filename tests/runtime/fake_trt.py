@@ -320,6 +320,6 @@ class FakeTrt:
 
         def deserialize_cuda_engine(self, data):
             if FakeTrt.engine.plugin and not FakeTrt.plugins_initialised:
-                self.logger.log(FakeTrt.ILogger.Severity.ERROR, "getPluginCreator could not find plugin EfficientNMS_TRT")
+                self.logger.log(FakeTrt.ILogger.Severity.ERROR, "getPluginCreator could not find EfficientNMS_TRT")
                 return None
             return FakeTrt.engine

@@ -168,7 +168,8 @@ def test_run_loop_with_fake_engine(tmp_path, fakes, cuda_graphs):
         for name, expected in reference_outputs(batch).items():
             np.testing.assert_allclose(out[name], expected, rtol=1e-6)
     assert (fakes.graph_launches > 0) == cuda_graphs
-    assert [backend.graph_status(b) for b in (1, 2, 3)] == (["captured", "not captured yet", "captured"] if cuda_graphs else [None] * 3)
+    status = [backend.graph_status(b) for b in (1, 2, 3)]
+    assert status == (["captured", "not captured yet", "captured"] if cuda_graphs else [None] * 3)
     # one context, plus one per captured batch size (1, 3, 4)
     assert FakeTrt.engine.contexts == (4 if cuda_graphs else 1)
     with pytest.raises(ValueError, match="batch must be"):
