@@ -34,8 +34,15 @@ from retina_deploy.runtime.cuda_mem import (
     import_cudart,
     select_device,
 )
-from retina_deploy.runtime.manifest import REBUILD_HINT, EngineManifest, check_compatible, read_verified_engine
-from retina_deploy.runtime.trt_support import UnsupportedGpuError, check_flavour_runs_here, init_plugins
+from retina_deploy.runtime.manifest import EngineManifest, check_compatible, read_verified_engine
+from retina_deploy.runtime.trt_support import (
+    RuntimeCacheFile,
+    UnsupportedGpuError,
+    check_flavour_runs_here,
+    deserialize,
+    make_logger,
+    runtime_cache_path,
+)
 
 FLAVOUR_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 _EXTRAS = {"tensorrt": "trt", "tensorrt-rtx": "rtx"}
@@ -116,38 +123,6 @@ def check_io(specs: list[TensorSpec], manifest: EngineManifest, path: str) -> tu
     return inp, outputs
 
 
-def make_logger(trt: ModuleType) -> Any:
-    """A TensorRT logger that keeps error messages (``.errors``), so a failed deserialization can say why."""
-
-    class CapturingLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg) -> None:
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(str(msg))
-
-    return CapturingLogger()
-
-
-def deserialize(trt: ModuleType, data: bytes, path: str, logger: Any) -> tuple[Any, Any]:
-    """Run TensorRT's validity check (where offered), then deserialize. Returns (runtime, engine)."""
-    init_plugins(trt, logger)  # an engine with a plugin layer (EfficientNMS_TRT) deserializes only after this
-    runtime = trt.Runtime(logger)
-    if hasattr(runtime, "get_engine_validity"):
-        validity, diagnostics = runtime.get_engine_validity(data)
-        if validity == trt.EngineValidity.INVALID:
-            reasons = [n for n, v in trt.EngineInvalidityDiagnostics.__members__.items() if int(diagnostics) & int(v)]
-            why = ", ".join(reasons) or "invalid"
-            raise ModelFileError(f"{path}: TensorRT refuses the engine ({why}); {REBUILD_HINT}")
-    engine = runtime.deserialize_cuda_engine(data)
-    if engine is None:
-        why = "; ".join(getattr(logger, "errors", [])[-3:]) or "no reason given"
-        raise ModelFileError(f"{path}: TensorRT could not deserialize the engine ({why}); {REBUILD_HINT}")
-    return runtime, engine
-
-
 @dataclass
 class _Binding:
     spec: TensorSpec
@@ -165,7 +140,18 @@ class TrtBackend:
     """
 
     def __init__(
-        self, *, trt, manifest, runtime, engine, inp, outputs, cuda_graphs: bool, path: str, device: int = 0
+        self,
+        *,
+        trt,
+        manifest,
+        runtime,
+        engine,
+        inp,
+        outputs,
+        cuda_graphs: bool,
+        path: str,
+        device: int = 0,
+        runtime_cache: str | os.PathLike | bool = False,
     ) -> None:
         self.trt = trt
         self.device = int(device)
@@ -186,9 +172,13 @@ class TrtBackend:
         self._context = self._stream = None
         self._events: EventTimer | None = None
         self.last_timings_s: dict[str, float] | None = None
+        cache_path = runtime_cache_path(path, runtime_cache) if manifest.flavour == "tensorrt-rtx" else None
+        self._runtime_cache: RuntimeCacheFile | None = None
         try:
             self._stream = Stream(self._cudart)
             self._allocate([inp, *outputs])
+            if cache_path is not None:  # after the first CUDA calls: deserializing it needs a current context
+                self._runtime_cache = RuntimeCacheFile(cache_path, self._engine.create_runtime_config())
             self._context = self._new_context(cuda_graphs and manifest.flavour == "tensorrt-rtx")
         except BaseException:
             self.close()
@@ -197,9 +187,18 @@ class TrtBackend:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, *, device: int = 0, flavour: str | None = None, cuda_graphs: bool = False
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: int = 0,
+        flavour: str | None = None,
+        cuda_graphs: bool = False,
+        runtime_cache: str | os.PathLike | bool = True,
     ) -> TrtBackend:
         """Verify and load ``path`` on GPU ``device``; ``flavour`` None follows the manifest.
+
+        runtime_cache (TensorRT-RTX): the file its JIT-compiled kernels are kept in between processes
+        (True: ``<engine>.rtx-cache`` beside the engine; False: none), read here and written by ``close``.
 
         Raises ModelFileError (missing/foreign/tampered engine or manifest, version or GPU mismatch:
         the message says to rebuild), TensorRTUnavailableError, NoCudaDeviceError (UnsupportedGpuError:
@@ -225,6 +224,7 @@ class TrtBackend:
             cuda_graphs=cuda_graphs,
             path=path,
             device=device,
+            runtime_cache=runtime_cache,
         )
 
     def _allocate(self, specs: list[TensorSpec]) -> None:
@@ -237,9 +237,13 @@ class TrtBackend:
 
     def _new_context(self, rtx_graphs: bool = False) -> Any:
         """An execution context with every tensor address bound (they never change)."""
-        if rtx_graphs:  # TensorRT-RTX captures and replays graphs itself, per shape
+        cache = self._runtime_cache
+        if rtx_graphs or cache is not None:  # TensorRT-RTX: its runtime config
             config = self._engine.create_runtime_config()
-            config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            if rtx_graphs:  # TensorRT-RTX captures and replays graphs itself, per shape
+                config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            if cache is not None:
+                cache.attach(config)
             context = self._engine.create_execution_context(config)
         else:
             context = self._engine.create_execution_context()
@@ -304,6 +308,11 @@ class TrtBackend:
         if not self._context.execute_async_v3(self._stream.ptr):
             raise RuntimeError(f"{self.path}: execute_async_v3 failed at batch {b}")
 
+    @property
+    def runtime_cache_note(self) -> str | None:
+        """What happened to TensorRT-RTX's runtime cache file (created / reused / replaced / left alone)."""
+        return None if self._runtime_cache is None else self._runtime_cache.note
+
     def graph_status(self, batch: int) -> str | None:
         """Whether ``batch`` runs as a CUDA graph: None (graphs off), "captured", "not captured yet",
         "not captured: WHY" (it runs without a graph), or "built-in" (TensorRT-RTX captures by itself)."""
@@ -352,6 +361,8 @@ class TrtBackend:
         with self._lock:
             if self._stream is not None:  # on this backend's device, whichever thread closes it
                 check(self._cudart, self._cudart.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
+            if self._runtime_cache is not None and self._context is not None:
+                self._runtime_cache.save()  # the kernels compiled so far, for the next process
             for _, graph in self._graphs.values():
                 self._stream.destroy_graph(graph)
             self._graphs.clear()
@@ -378,6 +389,7 @@ __all__ = [
     "UnsupportedGpuError",
     "check_io",
     "describe_io",
+    "deserialize",
     "import_tensorrt",
     "installed_flavours",
 ]

@@ -1,16 +1,28 @@
 """TensorRT facts the backend and the builder check before relying on them (torch-free, GPU-free).
 
+- deserialization: TensorRT's validity check first, errors kept by the logger (``make_logger``);
 - the plugin registry: bundled plugins (``EfficientNMS_TRT``) exist only once it is initialised;
-- TensorRT-RTX runs on the compute capabilities its ``ComputeCapability`` enum lists, not on every GPU.
+- TensorRT-RTX runs on the compute capabilities its ``ComputeCapability`` enum lists, not on every GPU;
+- TensorRT-RTX compiles its kernels when a context first runs a shape; its runtime cache keeps them in a
+  file (``RuntimeCacheFile``) so the next process does not compile them again.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from retina_deploy.errors import ModelFileError
+from retina_deploy.fileio import write_bytes_atomic
 from retina_deploy.runtime.cuda_mem import NoCudaDeviceError
+from retina_deploy.runtime.manifest import REBUILD_HINT
+
+# Our files start with this line, so a file that is not ours is never overwritten.
+RUNTIME_CACHE_MAGIC = b"retina-deploy/tensorrt-rtx-runtime-cache 1\n"
+RUNTIME_CACHE_SUFFIX = ".rtx-cache"
 
 
 class UnsupportedGpuError(NoCudaDeviceError):
@@ -53,4 +65,93 @@ def check_flavour_runs_here(trt: ModuleType, flavour: str, capability: str, gpu_
         )
 
 
-__all__ = ["UnsupportedGpuError", "check_flavour_runs_here", "init_plugins", "rtx_capabilities"]
+def make_logger(trt: ModuleType) -> Any:
+    """A TensorRT logger that keeps error messages (``.errors``), so a failed deserialization can say why."""
+
+    class CapturingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg) -> None:
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(str(msg))
+
+    return CapturingLogger()
+
+
+def deserialize(trt: ModuleType, data: bytes, path: str, logger: Any) -> tuple[Any, Any]:
+    """Run TensorRT's validity check (where offered), then deserialize. Returns (runtime, engine)."""
+    init_plugins(trt, logger)  # an engine with a plugin layer (EfficientNMS_TRT) deserializes only after this
+    runtime = trt.Runtime(logger)
+    if hasattr(runtime, "get_engine_validity"):
+        validity, diagnostics = runtime.get_engine_validity(data)
+        if validity == trt.EngineValidity.INVALID:
+            reasons = [n for n, v in trt.EngineInvalidityDiagnostics.__members__.items() if int(diagnostics) & int(v)]
+            why = ", ".join(reasons) or "invalid"
+            raise ModelFileError(f"{path}: TensorRT refuses the engine ({why}); {REBUILD_HINT}")
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        why = "; ".join(getattr(logger, "errors", [])[-3:]) or "no reason given"
+        raise ModelFileError(f"{path}: TensorRT could not deserialize the engine ({why}); {REBUILD_HINT}")
+    return runtime, engine
+
+
+def runtime_cache_path(engine_path: str | os.PathLike, setting: str | os.PathLike | bool) -> Path | None:
+    """Where the runtime cache lives: True -> ``<engine>.rtx-cache`` beside the engine, False -> nowhere."""
+    if setting is True:
+        return Path(os.fspath(engine_path) + RUNTIME_CACHE_SUFFIX)
+    return None if setting is False else Path(setting)
+
+
+class RuntimeCacheFile:
+    """TensorRT-RTX's runtime cache (``IRuntimeCache``) attached to a runtime config and kept in ``path``.
+
+    The file is read when it exists: TensorRT-RTX loads it only if it was made with the same GPU, driver
+    major version and TensorRT-RTX release, else the cache starts empty and ``save`` replaces the file.
+    A file that does not start with our header is not ours: it is neither read nor overwritten.
+    ``note`` says what happened, for logs and reports.
+    """
+
+    def __init__(self, path: Path, runtime_config: Any) -> None:
+        self.path, self.writable = path, True
+        self.cache = runtime_config.create_runtime_cache()
+        self.note = f"runtime cache {path}: created"
+        try:
+            data = path.read_bytes() if path.is_file() else None
+        except OSError as e:
+            data, self.writable, self.note = None, False, f"runtime cache {path}: unreadable ({e.strerror or e})"
+        if data is not None:
+            if not data.startswith(RUNTIME_CACHE_MAGIC):
+                self.writable = False
+                self.note = f"runtime cache {path}: not a runtime cache written by retina-deploy, left alone"
+            elif self.cache.deserialize(data[len(RUNTIME_CACHE_MAGIC) :]):
+                self.note = f"runtime cache {path}: reused"
+            else:
+                self.note = f"runtime cache {path}: made for another GPU, driver or TensorRT-RTX; replaced on close"
+
+    def attach(self, runtime_config: Any) -> None:
+        """Give the cache to a runtime config (each execution context's); if refused, the context runs without."""
+        if not runtime_config.set_runtime_cache(self.cache):
+            self.writable, self.note = False, f"runtime cache {self.path}: TensorRT-RTX refused it"
+
+    def save(self) -> None:
+        """Write the cache back (atomically); a folder that cannot take it costs the cache, not the results."""
+        if not self.writable:
+            return
+        try:
+            write_bytes_atomic(self.path, RUNTIME_CACHE_MAGIC + bytes(memoryview(self.cache.serialize())))
+        except OSError as e:
+            self.note = f"runtime cache {self.path}: not saved ({e.strerror or e})"
+
+
+__all__ = [
+    "RuntimeCacheFile",
+    "UnsupportedGpuError",
+    "check_flavour_runs_here",
+    "deserialize",
+    "init_plugins",
+    "make_logger",
+    "rtx_capabilities",
+    "runtime_cache_path",
+]

@@ -14,7 +14,10 @@ addresses it was given. Each behaviour our code relies on is as strict as the CU
 - ``set_tensor_address`` returns False for a name that is not an I/O tensor of the engine;
 - an engine with a plugin layer deserializes only after ``init_libnvinfer_plugins``;
 - outputs have the engine's types: ``outputs="nms"`` gives ``num_dets``/``classes`` int32;
-- ``ComputeCapability`` lists the compute capabilities TensorRT-RTX 1.7 runs on (7.5 ... 12.1).
+- ``ComputeCapability`` lists the compute capabilities TensorRT-RTX 1.7 runs on (7.5 ... 12.1);
+- TensorRT-RTX compiles a kernel the first time a context runs a shape, unless the runtime cache attached
+  to the context's runtime config has it; ``IRuntimeCache.deserialize`` returns False (and loads
+  nothing) for a blob made on another GPU or that is not a cache.
 """
 
 from __future__ import annotations
@@ -191,9 +194,38 @@ class FakeCudart:
     cudaGraphExecDestroy = cudaGraphDestroy
 
 
+class FakeRuntimeCache:
+    def __init__(self, cudart):
+        self.header = f"FAKE-RTX-RUNTIME-CACHE sm{cudart.capability[0]}{cudart.capability[1]}\n".encode()
+        self.kernels: set[str] = set()
+
+    def deserialize(self, blob):
+        blob = bytes(blob)
+        if not blob.startswith(self.header):
+            return False
+        self.kernels = set(blob[len(self.header) :].decode().split())
+        return True
+
+    def serialize(self):
+        return self.header + " ".join(sorted(self.kernels)).encode()
+
+
+class FakeRuntimeConfig:
+    def __init__(self, cudart):
+        self.cudart, self.runtime_cache, self.cuda_graph_strategy = cudart, None, None
+
+    def create_runtime_cache(self):
+        return FakeRuntimeCache(self.cudart)
+
+    def set_runtime_cache(self, cache):
+        self.runtime_cache = cache
+        return True
+
+
 class FakeContext:
-    def __init__(self, engine):
+    def __init__(self, engine, config=None):
         self.engine = engine
+        self.cache = config.runtime_cache if config is not None else None
         self.addresses: dict[str, int] = {}
         self.batch = None
         self.executions = 0
@@ -219,6 +251,11 @@ class FakeContext:
 
         def work():
             self.executions += 1
+            kernel = f"batch{b}"  # TensorRT-RTX: shape-specialized kernels, compiled on first use
+            if self.cache is None or kernel not in self.cache.kernels:
+                engine.compilations += 1
+                if self.cache is not None:
+                    self.cache.kernels.add(kernel)
             inp = _view(self.addresses["images"], (b, 3, H, W), np.float32)
             for name, value in reference_outputs(inp, engine.outputs).items():
                 _view(self.addresses[name], value.shape, value.dtype)[...] = value
@@ -247,7 +284,7 @@ class FakeEngine:
     ):
         self.cudart = cudart
         self.data_dependent, self.outputs, self.plugin = data_dependent, outputs, plugin
-        self.contexts = 0
+        self.contexts = self.compilations = 0
         self.batch_range = batch_range
         lo, hi = batch_range
         self.tensors = {"images": ("in", input_shape, ((lo, 3, H, W), (lo, 3, H, W), (hi, 3, H, W)), "FLOAT")}
@@ -271,9 +308,12 @@ class FakeEngine:
     def get_tensor_profile_shape(self, name, profile):
         return self.tensors[name][2]
 
-    def create_execution_context(self, *args):
+    def create_runtime_config(self):
+        return FakeRuntimeConfig(self.cudart)
+
+    def create_execution_context(self, config=None):
         self.contexts += 1
-        return FakeContext(self)
+        return FakeContext(self, config)
 
 
 class FakeTrt:

@@ -358,3 +358,35 @@ def test_rtx_engine_matches_onnxruntime_on_gpu(rtx_engine, cuda_graphs):
             got = det.detect(imgs)
             for a, b in zip(expected, got, strict=True):
                 match_detections(a, b, box_tol=0.5, score_tol=1e-3)
+
+
+def test_tensorrt_rtx_runtime_cache_spares_the_next_process_its_kernel_compilation(tmp_path, fakes):
+    path = _fake_engine_file(tmp_path)
+    batch = np.zeros((2, 3, 128, 128), np.float32)
+    cache = tmp_path / "fake.engine.rtx-cache"  # beside the engine by default
+    for compilations, note in ((1, "created"), (0, "reused")):
+        FakeTrt.engine.compilations = 0
+        backend = TrtBackend.load(path)
+        backend.run(batch)
+        backend.run(batch)
+        assert FakeTrt.engine.compilations == compilations and backend.runtime_cache_note.endswith(note)
+        backend.close()
+        assert cache.read_bytes().startswith(b"retina-deploy/tensorrt-rtx-runtime-cache 1\n")
+    fakes.capability = (8, 9)  # another GPU: TensorRT-RTX does not load it; the file is replaced
+    FakeTrt.engine.compilations = 0
+    backend = TrtBackend.load(path)
+    backend.run(batch)
+    assert FakeTrt.engine.compilations == 1 and "another GPU" in backend.runtime_cache_note
+    backend.close()
+    assert b"sm89" in cache.read_bytes()
+
+
+def test_a_runtime_cache_file_that_is_not_ours_is_left_alone(tmp_path, fakes):
+    foreign = tmp_path / "kernels.bin"
+    foreign.write_bytes(b"someone else's file")
+    backend = TrtBackend.load(_fake_engine_file(tmp_path), runtime_cache=foreign)
+    backend.run(np.zeros((1, 3, 128, 128), np.float32))
+    backend.close()
+    assert foreign.read_bytes() == b"someone else's file" and "left alone" in backend.runtime_cache_note
+    TrtBackend.load(_fake_engine_file(tmp_path), runtime_cache=False).close()
+    assert not (tmp_path / "fake.engine.rtx-cache").exists()
