@@ -1,8 +1,9 @@
 // GraphCache over a fake Execution that behaves as CUDA and TensorRT document it: work is queued on the
-// stream and runs at synchronize; while capturing, work is recorded instead; a captured graph replays
-// with its context's state at replay time, so replaying after setInputShape changed that context
-// gives wrong outputs (undefined in TensorRT) and is counted; an engine with data-dependent shapes
-// synchronizes inside enqueue, which invalidates a capture.
+// stream and runs at synchronize; while capturing, work is recorded instead. enqueueV3 does the context's
+// per-shape setup (in the context's own memory) on the host, and the kernels it queues read that memory
+// when they run; so a graph replayed after its context was reshaped and enqueued for another batch size
+// runs with the other shape's setup: wrong outputs (undefined in TensorRT), counted as stale replays.
+// An engine with data-dependent shapes synchronizes inside enqueue, which invalidates a capture.
 #include <functional>
 #include <memory>
 #include <vector>
@@ -17,7 +18,8 @@ constexpr int kPerImage = 8;  // output values per image
 constexpr int kMaxBatch = 4;
 
 struct FakeContext {
-  int batch = -1;
+  int batch = -1;     // set by setInputShape
+  int prepared = -1;  // the per-shape setup in the context's memory, written by enqueueV3
 };
 
 class FakeExecution : public retina::detail::Execution {
@@ -47,11 +49,11 @@ class FakeExecution : public retina::detail::Execution {
       invalidated_ = true;
       return false;
     }
-    const int batch_at_enqueue = ctx->batch;
-    // The kernels read the shape from the context's memory when they run.
-    auto work = [this, ctx, batch_at_enqueue] {
-      if (ctx->batch != batch_at_enqueue) ++stale_replays;
-      for (int i = 0; i < ctx->batch * kPerImage; ++i) output[i] = input[i] * 2.0f + static_cast<float>(ctx->batch);
+    const int batch = ctx->batch;  // kernel launch dimensions are fixed at enqueue
+    ctx->prepared = batch;
+    auto work = [this, ctx, batch] {  // the kernels read the setup from the context's memory when they run
+      if (ctx->prepared != batch) ++stale_replays;
+      for (int i = 0; i < batch * kPerImage; ++i) output[i] = input[i] * 2.0f + static_cast<float>(ctx->prepared);
     };
     (capturing_ ? recorded_ : queue_).push_back(work);
     return true;
