@@ -371,9 +371,10 @@ def test_nms_box_limit_of_tensorrt_is_refused_at_build_time(r18_exports, tmp_pat
     k, classes = meta.nms.topk_per_level, len(meta.class_names)
     assert nms_candidates(meta) == sum(min(k, a * classes) for a in meta.anchors_per_level) <= NMS_TOPK_BOX_LIMIT
     check_nms_box_limit(Flavour("tensorrt", trt), meta, Path("m.onnx"))  # the default fits
-    big = replace(meta, nms=replace(meta.nms, topk_per_level=1200))  # 1200 * 3 + 18 * classes + 72 * classes
-    assert nms_candidates(big) == 3 * 1200 + min(1200, 72 * classes) + min(1200, 18 * classes) > NMS_TOPK_BOX_LIMIT
-    with pytest.raises(ConfigError, match=f"{nms_candidates(big)} candidates enter NonMaxSuppression .* at most 5000"):
+    assert classes == 4
+    big = replace(meta, nms=replace(meta.nms, topk_per_level=2000))
+    assert nms_candidates(big) == 2000 + 2000 + 288 * 4 + 72 * 4 + 18 * 4 == 5512  # P5..P7 hold fewer than k
+    with pytest.raises(ConfigError, match="5512 candidates enter NonMaxSuppression .* at most 5000"):
         check_nms_box_limit(Flavour("tensorrt", trt), big, Path("m.onnx"))
     none_meta = replace(big, nms=replace(big.nms, mode="none"))
     check_nms_box_limit(Flavour("tensorrt", trt), none_meta, Path("m.onnx"))  # host NMS has no such limit
