@@ -65,6 +65,7 @@ class ParsedNetwork:
     parser: trt.OnnxParser
     logger: trt.ILogger
     keepalive: list[object] = field(default_factory=list)  # objects the builder uses without owning
+    is_rtx: bool = False  # TensorRT-RTX: its own hints (no NMS layer, no plugins)
 
 
 def check_output_path(out_path: str | os.PathLike) -> Path:
@@ -221,7 +222,7 @@ def parse_network(flavour: Flavour, path: Path, *, strongly_typed: bool) -> Pars
             f"{path}: {flavour.name} {flavour.version} cannot parse the ONNX file: {'; '.join(errors[:3])}"
             + _plugin_hint(flavour, errors)
         )
-    return ParsedNetwork(builder, network, parser, logger)
+    return ParsedNetwork(builder, network, parser, logger, is_rtx=flavour.is_rtx)
 
 
 def check_network(parsed: ParsedNetwork, baked: Baked, *, legacy: bool) -> dict[str, Any]:
@@ -304,7 +305,7 @@ def build_serialized(parsed: ParsedNetwork, config: trt.IBuilderConfig) -> bytes
     if serialized is None:
         errors = parsed.logger.errors[-3:]
         hint = ""
-        if any("NonMaxSuppression" in e for e in errors):
+        if parsed.is_rtx and any("NonMaxSuppression" in e for e in errors):
             hint = " (TensorRT-RTX cannot build NonMaxSuppression: export with --nms none)"
         raise EngineBuildError(f"the engine build failed: {'; '.join(errors) or 'no reason given'}{hint}")
     return bytes(memoryview(serialized))

@@ -2,11 +2,14 @@
 
 Loading order is the safety order: the manifest and the sha256 of the engine bytes are checked
 before any TensorRT code sees them, then the installed library version and the GPU are compared
-with the manifest, then (where the library offers it) TensorRT's own validity check runs, and only
-then are the bytes deserialized. Inference uses pinned host buffers, one non-blocking stream,
-asynchronous copies and the tensor-address API (``set_tensor_address`` + ``execute_async_v3``);
-with ``cuda_graphs=True`` each batch size is captured once after a warm-up run (TensorRT-RTX uses
-its built-in whole-graph capture instead, which handles its shape-specialized kernels).
+with the manifest (and TensorRT-RTX's supported GPUs), then (where the library offers it) TensorRT's
+own validity check runs, and only then are the bytes deserialized, the plugin registry initialised.
+Inference uses pinned host buffers, one non-blocking stream, asynchronous copies and the
+tensor-address API (``set_tensor_address`` + ``execute_async_v3``), the GPU selected on the calling
+thread at every run; with ``cuda_graphs=True`` each batch size is captured once after a warm-up run
+on a context of its own, a failed capture recorded in ``graph_status`` (TensorRT-RTX uses its
+built-in whole-graph capture instead, which handles its shape-specialized kernels, and keeps the
+kernels it compiles in a runtime cache file).
 """
 
 from __future__ import annotations
@@ -360,7 +363,8 @@ class TrtBackend:
         """Free graphs, contexts, buffers and the stream, then the engine; idempotent."""
         with self._lock:
             if self._stream is not None:  # on this backend's device, whichever thread closes it
-                check(self._cudart, self._cudart.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
+                with contextlib.suppress(CudaError):
+                    check(self._cudart, self._cudart.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
             if self._runtime_cache is not None and self._context is not None:
                 self._runtime_cache.save()  # the kernels compiled so far, for the next process
             for _, graph in self._graphs.values():

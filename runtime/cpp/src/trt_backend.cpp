@@ -147,6 +147,15 @@ class TensorRTBackend : public Backend {
     if (!runtime_) throw Error(ErrorCode::kUnavailable, "TensorRT could not create a runtime");
     engine_.reset(runtime_->deserializeCudaEngine(engine.data(), engine.size()));
     if (!engine_) {
+      if (std::string(RETINA_TRT_FLAVOUR) == "tensorrt-rtx") {  // it runs on RTX-class GPUs only
+        cudaDeviceProp prop{};
+        cudaGetDeviceProperties(&prop, device_);
+        throw Error(ErrorCode::kModelFile,
+                    "TensorRT-RTX could not deserialize the engine on this GPU (compute capability " +
+                        std::to_string(prop.major) + "." + std::to_string(prop.minor) +
+                        "; see its messages above): TensorRT-RTX 1.7 runs on 7.5, 8.0, 8.6, 8.9 and 12.x only; on "
+                        "another GPU build and link regular TensorRT, else rebuild the engine");
+      }
       throw Error(ErrorCode::kModelFile, "TensorRT could not deserialize the engine (see its messages above); "
                                          "rebuild it on this machine with `retina-deploy build-engine`");
     }
