@@ -29,10 +29,10 @@ def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``iou_one_to_many`` on coordinate-first stacks a [4, ...], b [4, ...] (x1, y1, x2, y2 rows, so
     each operation runs over long contiguous rows): the same float operations in the same order."""
-    w = np.clip(np.minimum(a[2], b[2]) - np.maximum(a[0], b[0]), 0, None)
-    h = np.clip(np.minimum(a[3], b[3]) - np.maximum(a[1], b[1]), 0, None)
-    inter = w * h
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf and nan never exceed a threshold
+        w = np.clip(np.minimum(a[2], b[2]) - np.maximum(a[0], b[0]), 0, None)
+        h = np.clip(np.minimum(a[3], b[3]) - np.maximum(a[1], b[1]), 0, None)
+        inter = w * h
         return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
@@ -231,13 +231,13 @@ def detections_from_dense(
 def _efficient_iou_xy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The plugin's IoU of coordinate-first stacks a [4, ...], b [4, ...] (like ``_iou``): corners
     reordered, 0 where the intersection or the union is <= 0."""
-    a = np.stack([np.minimum(a[0], a[2]), np.minimum(a[1], a[3]), np.maximum(a[0], a[2]), np.maximum(a[1], a[3])])
-    b = np.stack([np.minimum(b[0], b[2]), np.minimum(b[1], b[3]), np.maximum(b[0], b[2]), np.maximum(b[1], b[3])])
-    w = np.minimum(a[2], b[2]) - np.maximum(a[0], b[0])
-    h = np.minimum(a[3], b[3]) - np.maximum(a[1], b[1])
-    inter = np.where((w > 0) & (h > 0), w * h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        a = np.stack([np.minimum(a[0], a[2]), np.minimum(a[1], a[3]), np.maximum(a[0], a[2]), np.maximum(a[1], a[3])])
+        b = np.stack([np.minimum(b[0], b[2]), np.minimum(b[1], b[3]), np.maximum(b[0], b[2]), np.maximum(b[1], b[3])])
+        w = np.minimum(a[2], b[2]) - np.maximum(a[0], b[0])
+        h = np.minimum(a[3], b[3]) - np.maximum(a[1], b[1])
+        inter = np.where((w > 0) & (h > 0), w * h, 0.0)
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
         return np.where((inter > 0) & (union > 0), inter / np.where(union > 0, union, 1.0), 0.0)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+
 def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of xyxy boxes broadcast against each other (``box`` [..., 4], ``boxes`` [..., 4]) as torchvision
     computes it (0/0 -> nan, never > a threshold); [4] vs [M, 4] gives [M]."""
