@@ -76,7 +76,8 @@ def _greedy_by_class(
     after the max_keep-th best kept one are dropped (they cannot be output); with them each class
     keeps up to max_keep.
     """
-    by_class = np.argsort(classes, kind="stable")
+    small = classes.astype(np.int16) if len(classes) and 0 <= classes.min() and classes.max() < 2**15 else classes
+    by_class = np.argsort(small, kind="stable")  # a radix sort for 16-bit keys
     rank, group, xy = by_class, classes[by_class], np.ascontiguousarray(boxes[by_class].T)
     taken = np.zeros(int(classes.max()) + 1 if len(classes) else 0, np.int64)  # kept so far, per class
     kept: list[np.ndarray] = []
@@ -90,8 +91,8 @@ def _greedy_by_class(
         in_win = pos < width
         win = np.zeros((len(starts), width), np.int64)  # [G, width] positions of each class's window
         win[seg[in_win], pos[in_win]] = np.flatnonzero(in_win)
-        keep = _settle(np.take(xy, win, axis=1), np.arange(width) < np.diff(np.r_[starts, len(rank)])[:, None],
-                       iou_thresh, plugin_rules)  # fmt: skip
+        sizes = np.diff(starts, append=len(rank))
+        keep = _settle(np.take(xy, win, axis=1), np.arange(width) < sizes[:, None], iou_thresh, plugin_rules)
         stay = ~in_win
         if plugin_rules:
             keep &= taken[group[starts]][:, None] + np.cumsum(keep, 1) <= max_keep
