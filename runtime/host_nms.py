@@ -28,12 +28,17 @@ def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``iou_one_to_many`` on coordinate-first stacks a [4, ...], b [4, ...] (x1, y1, x2, y2 rows, so
-    each operation runs over long contiguous rows): the same float operations in the same order."""
+    each operation runs over long contiguous rows): torchvision's float operations in its order."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf and nan never exceed a threshold
-        w = np.clip(np.minimum(a[2], b[2]) - np.maximum(a[0], b[0]), 0, None)
-        h = np.clip(np.minimum(a[3], b[3]) - np.maximum(a[1], b[1]), 0, None)
-        inter = w * h
-        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+        inter = np.minimum(a[2], b[2])  # in place from here: no temporary of the pairs' shape per operation
+        inter -= np.maximum(a[0], b[0])
+        np.maximum(inter, 0, out=inter)  # clip(w, 0): a -0.0 in place of 0.0 changes no comparison
+        h = np.minimum(a[3], b[3])
+        h -= np.maximum(a[1], b[1])
+        inter *= np.maximum(h, 0, out=h)
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
+        union -= inter
+        return np.divide(inter, union, out=inter)
 
 
 def batched_nms(
@@ -92,7 +97,8 @@ def _greedy_by_class(
         win = np.zeros((len(starts), width), np.int64)  # [G, width] positions of each class's window
         win[seg[in_win], pos[in_win]] = np.flatnonzero(in_win)
         sizes = np.diff(starts, append=len(rank))
-        keep = _settle(np.take(xy, win, axis=1), np.arange(width) < sizes[:, None], iou_thresh, plugin_rules)
+        win_xy = np.take(xy, win, axis=1)  # [4, G, width]
+        keep = _settle(win_xy, np.arange(width) < sizes[:, None], iou_thresh, plugin_rules)
         stay = ~in_win
         if plugin_rules:
             keep &= taken[group[starts]][:, None] + np.cumsum(keep, 1) <= max_keep
@@ -102,7 +108,7 @@ def _greedy_by_class(
         rest = np.flatnonzero(stay)
         if len(rest):
             rows = seg[rest]
-            over = _suppresses(np.take(xy, win[rows], axis=1), np.take(xy, rest, axis=1)[..., None], iou_thresh,
+            over = _suppresses(np.take(win_xy, rows, axis=1), np.take(xy, rest, axis=1)[..., None], iou_thresh,
                                plugin_rules)  # fmt: skip
             stay[rest] = ~(over & keep[rows]).any(1)
         if not plugin_rules and sum(map(len, kept)) >= max_keep:
