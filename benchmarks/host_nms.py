@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--images", type=int, default=8, help="synthetic images, one candidate set each (default 8)")
     parser.add_argument("--iters", type=int, default=5, help="timed passes over all images per side (default 5)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.001], help="score thresholds")
-    parser.add_argument("--demo-cls-bias", type=float, default=-3.0,
-                        help="class bias of the default demo-shaped model (default -3.0)")  # fmt: skip
+    parser.add_argument("--demo-cls-bias", type=float, default=-3.4,
+                        help="class bias of the default demo-shaped model (default -3.4)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
     for name in ("images", "iters"):

@@ -13,6 +13,7 @@ dozen numpy calls per step and a few steps per image instead of a Python loop ov
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,7 +93,8 @@ def _greedy_by_class(
         starts = np.flatnonzero(first)
         seg = np.cumsum(first) - 1  # each alive box's class row
         pos = np.arange(len(rank)) - starts[seg]
-        width = int(min(pos.max() + 1, max(1, PAIRS_PER_STEP // len(rank))))
+        # pairs of a step: alive boxes x width (to suppress) and classes x width**2 (to settle the windows)
+        width = max(1, min(int(pos.max()) + 1, PAIRS_PER_STEP // len(rank), math.isqrt(PAIRS_PER_STEP // len(starts))))
         in_win = pos < width
         win = np.zeros((len(starts), width), np.int64)  # [G, width] positions of each class's window
         win[seg[in_win], pos[in_win]] = np.flatnonzero(in_win)
