@@ -12,7 +12,8 @@ threshold every top-k candidate of every level passes, the worst case) and one s
 (128 px, 6 classes, 64 FPN channels, anchors 24..384 px) whose class bias ``--demo-cls-bias`` sets how
 many candidates pass the threshold. The old loops are ``tests/runtime/host_nms_reference.py``.
 Per set it reports the candidates above the threshold and the detections kept (means per image), ms
-per image of each implementation (medians) and whether both gave the same detections.
+per image of each implementation (median and minimum of the timed passes) and on how many images both gave
+identical outputs, and the same detections (in any order of equal scores).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import paired_medians, random_checkpoint
+from common import random_checkpoint
+
+from retina_deploy.runtime.bench_stats import summarize, time_alternating
 
 REFERENCE = Path(__file__).resolve().parents[1] / "tests/runtime/host_nms_reference.py"
 DEMO_MODEL = dict(num_classes=6, fpn_channels=64, anchor_sizes=(24, 48, 96, 192, 384), backbone_norm="bn")
@@ -71,9 +74,8 @@ def same_detections(a: dict, b: dict) -> bool:
 
     def rows(d):
         n = d["num_dets"][0, 0]
-        return sorted(
-            zip(d["classes"][0, :n].tolist(), d["scores"][0, :n].tolist(), map(tuple, d["boxes"][0, :n].tolist()))
-        )
+        boxes = map(tuple, d["boxes"][0, :n].tolist())
+        return sorted(zip(d["classes"][0, :n].tolist(), d["scores"][0, :n].tolist(), boxes, strict=True))
 
     return identical(a, b) or rows(a) == rows(b)
 
@@ -82,29 +84,45 @@ def measure(model: Path, num_images: int, thresholds: list[float], iters: int, o
     from retina_deploy.runtime import host_nms
 
     boxes, scores, nms, levels = dense_outputs(model, num_images)
-    rows = []
+    n, rows = len(boxes), []
     for thresh in thresholds:
         run = dict(level_sizes=levels, topk=nms.topk_per_level, score_thresh=thresh, iou_thresh=nms.iou_thresh,
                    max_dets=nms.max_dets)  # fmt: skip
 
         def per_image(impl, run=run):
-            return [impl.detections_from_dense(boxes[i : i + 1], scores[i : i + 1], **run) for i in range(len(boxes))]
+            return [impl.detections_from_dense(boxes[i : i + 1], scores[i : i + 1], **run) for i in range(n)]
 
         new_out, old_out = per_image(host_nms), per_image(old)
         cands = [int((scores[i][host_nms.topk_per_level(scores[i], levels, nms.topk_per_level)] > thresh).sum())
-                 for i in range(len(boxes))]  # fmt: skip
-        old_s, new_s = paired_medians(lambda: per_image(old), lambda: per_image(host_nms), iters)
+                 for i in range(n)]  # fmt: skip
+        timings = time_alternating([lambda sw: per_image(old), lambda sw: per_image(host_nms)], iters)
+        old_t, new_t = (summarize(t.total) for t in timings)
+
+        def ms(seconds: float) -> float:
+            return round(seconds / n * 1e3, 3)
+
         rows.append({
             "model": model.name, "classes": scores.shape[2], "anchors": scores.shape[1], "score_thresh": thresh,
-            "topk_per_level": nms.topk_per_level, "max_dets": nms.max_dets, "images": len(boxes),
+            "topk_per_level": nms.topk_per_level, "max_dets": nms.max_dets, "images": n,
             "candidates_per_image": float(np.mean(cands)),
             "kept_per_image": float(np.mean([o["num_dets"][0, 0] for o in new_out])),
-            "old_ms_per_image": round(old_s / len(boxes) * 1e3, 3), "new_ms_per_image": round(new_s / len(boxes) * 1e3, 3),
-            "speedup": round(old_s / new_s, 1),
+            "old_ms_per_image": ms(old_t.median), "new_ms_per_image": ms(new_t.median),
+            "old_min_ms_per_image": ms(old_t.min), "new_min_ms_per_image": ms(new_t.min),
+            "speedup": round(old_t.median / new_t.median, 1),
             "identical_images": sum(identical(a, b) for a, b in zip(new_out, old_out, strict=True)),
             "same_detections_images": sum(same_detections(a, b) for a, b in zip(new_out, old_out, strict=True)),
         })  # fmt: skip
     return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'model':<28} {'thresh':>6} {'cands':>6} {'kept':>5} {'old ms (min)':>15} {'new ms (min)':>14} "
+          f"{'speedup':>7}  identical / same")  # fmt: skip
+    for r in rows:
+        print(f"{r['model']:<28} {r['score_thresh']:>6} {r['candidates_per_image']:>6.0f} {r['kept_per_image']:>5.0f} "
+              f"{r['old_ms_per_image']:>7.2f} ({r['old_min_ms_per_image']:>6.2f}) {r['new_ms_per_image']:>6.2f} "
+              f"({r['new_min_ms_per_image']:>5.2f}) {r['speedup']:>6.1f}x  {r['identical_images']} / "
+              f"{r['same_detections_images']} of {r['images']}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -124,13 +142,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     models = args.model or default_models(args.out, args.demo_cls_bias)
     old = old_implementation()
     rows = [row for model in models for row in measure(model, args.images, args.thresholds, args.iters, old)]
-    print(
-        f"{'model':<28} {'thresh':>7} {'cands':>7} {'kept':>6} {'old ms':>8} {'new ms':>8} {'speedup':>8}  identical / same"
-    )
-    for r in rows:
-        print(f"{r['model']:<28} {r['score_thresh']:>7} {r['candidates_per_image']:>7.0f} {r['kept_per_image']:>6.0f} "
-              f"{r['old_ms_per_image']:>8.2f} {r['new_ms_per_image']:>8.2f} {r['speedup']:>7.1f}x "
-              f"  {r['identical_images']} / {r['same_detections_images']} of {r['images']}")  # fmt: skip
+    print_rows(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return rows

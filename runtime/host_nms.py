@@ -31,10 +31,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``iou_one_to_many`` on coordinate-first stacks a [4, ...], b [4, ...] (x1, y1, x2, y2 rows, so
     each operation runs over long contiguous rows): torchvision's float operations in its order."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf and nan never exceed a threshold
-        inter = np.minimum(a[2], b[2])  # in place from here: no temporary of the pairs' shape per operation
+        inter = np.asarray(np.minimum(a[2], b[2]))  # in place from here: no temporary of the pairs' shape per op
         inter -= np.maximum(a[0], b[0])
         np.maximum(inter, 0, out=inter)  # clip(w, 0): a -0.0 in place of 0.0 changes no comparison
-        h = np.minimum(a[3], b[3])
+        h = np.asarray(np.minimum(a[3], b[3]))
         h -= np.maximum(a[1], b[1])
         inter *= np.maximum(h, 0, out=h)
         union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
