@@ -54,6 +54,7 @@ def test_batched_nms_matches_torchvision():
     classes = rng.integers(0, 4, 500)
     expected = tv_batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), 0.5).numpy()
     ours = batched_nms(boxes, scores, classes, 0.5, 500)
+
     # Same inputs; the IoU arithmetic may round differently (SIMD, FMA): only explained flips allowed.
     def kept(idx):
         return {"boxes": boxes[idx], "scores": scores[idx], "labels": classes[idx]}
