@@ -67,7 +67,7 @@ def batched_nms(
     return kept[:max_keep]
 
 
-PAIRS_PER_STEP = 32768  # box pairs one NMS step compares: its window width is this / the alive boxes
+PAIRS_PER_STEP = 32768  # box pairs an NMS step compares at most; sets the width of its windows (fastest here)
 
 
 def _greedy_by_class(
