@@ -1,4 +1,4 @@
-"""The host post-processing as it was before the grid NMS (per-class greedy loops): the reference
+"""The host post-processing as it was before the vectorised NMS (per-class greedy loops): the reference
 the tests hold ``retina_deploy.runtime.host_nms`` equal to.
 
 Where it differs by design, only on exactly equal scores: its per-level top-k takes argpartition's
