@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from retina_deploy.export.trt_flavours import EngineBuildError, Flavour
+from retina_deploy.runtime.trt_support import init_plugins
 
 
 def _short(enum_value: Any) -> str:
@@ -46,7 +47,9 @@ def network_precision(network: Any) -> dict[str, int]:
         if _short(layer.type) != "CONVOLUTION":
             continue
         counts["conv"] += 1
-        counts["conv_half"] += _short(layer.get_output_type(0)) == "HALF"
+        # The output tensor's type: TensorRT 10's get_output_type is kFLOAT unless set_output_type was
+        # called, which a strongly typed network forbids; only 11.x returns the inferred type there.
+        counts["conv_half"] += _short(layer.get_output(0).dtype) == "HALF"
         counts["conv_int8"] += int8_dequantized(layer, 0) and int8_dequantized(layer, 1)
     return {"conv": counts["conv"], "conv_half": counts["conv_half"], "conv_int8": counts["conv_int8"]}
 
@@ -104,6 +107,7 @@ def inspect_engine(flavour: Flavour, data: bytes, logger: Any) -> tuple[dict[str
     except (CudaError, NoCudaDeviceError) as e:
         return None, f"skipped: no CUDA device to deserialize the engine on ({e})"
     trt = flavour.trt
+    init_plugins(trt, logger)  # an EfficientNMS_TRT engine deserializes only from an initialised registry
     engine = trt.Runtime(logger).deserialize_cuda_engine(data)
     if engine is None:
         why = "; ".join(getattr(logger, "errors", [])[-2:]) or "no reason given"

@@ -28,6 +28,7 @@ from retina_deploy.export.trt_flavours import EngineBuildError, Flavour
 from retina_deploy.fileio import sha256_file, write_bytes_atomic
 from retina_deploy.runtime.onnx_metadata import OnnxMetadata
 from retina_deploy.runtime.trt_backend import make_logger
+from retina_deploy.runtime.trt_support import init_plugins
 
 if TYPE_CHECKING:  # TensorRT objects are typed by name only: the module may be absent
     import tensorrt as trt
@@ -64,6 +65,7 @@ class ParsedNetwork:
     parser: trt.OnnxParser
     logger: trt.ILogger
     keepalive: list[object] = field(default_factory=list)  # objects the builder uses without owning
+    is_rtx: bool = False  # TensorRT-RTX: its own hints (no NMS layer, no plugins)
 
 
 def check_output_path(out_path: str | os.PathLike) -> Path:
@@ -112,6 +114,11 @@ def check_flavour_options(
         )
     if cfg.dla_core is None:
         return
+    if flavour.has_precision_flags and not cfg.legacy_precision:
+        raise ConfigError(
+            f"DLA with a strongly typed network is not documented for {flavour.name} {flavour.version} (TensorRT"
+            " 10.x documents DLA with builder flags): add --legacy-precision to --dla-core"
+        )
     if precision == "fp32":
         raise ConfigError("DLA runs FP16 or INT8 only: add --fp16 or --int8 to --dla-core")
     cores = flavour.trt.Builder(make_logger(flavour.trt)).num_DLA_cores
@@ -130,6 +137,7 @@ def bake_precision(src: Path, meta: OnnxMetadata, cfg: EngineBuildConfig, out_pa
     """Write the FP16 / INT8 ONNX file the engine is built from (or take ``src`` as it is)."""
     requested = cfg.precision or meta.precision
     check_flavour_options(flavour, cfg, requested, cfg.batch or meta.batch)
+    check_nms_box_limit(flavour, meta, src)
     if requested == "int8" and meta.precision == "fp32" and cfg.int8 is None:
         raise ConfigError("--int8 needs calibration images (--calib-images DIR)")
     source_sha = sha256_file(src)
@@ -164,10 +172,47 @@ def _with_conv_counts(baked: Baked) -> Baked:
     return Baked(**{**baked.__dict__, "qdq_convs": qdq, "fp32_convs": len(convs) - qdq})
 
 
+# TensorRT's NMS layer considers at most this many boxes per image (INMSLayer::setTopKBoxLimit; 2000 on
+# SM 5.3 / 6.2 devices, which TensorRT 10 no longer supports) and drops the rest without a word.
+NMS_TOPK_BOX_LIMIT = 5000
+
+
+def nms_candidates(meta: OnnxMetadata) -> int:
+    """Boxes entering the NMS of a ``--nms onnx`` file: sum over levels of min(topk_per_level, HWA_l * C)."""
+    classes = len(meta.class_names)
+    return sum(min(int(meta.nms.topk_per_level), int(a) * classes) for a in meta.anchors_per_level)
+
+
+def check_nms_box_limit(flavour: Flavour, meta: OnnxMetadata, src: Path) -> None:
+    """ConfigError when TensorRT's NMS layer would silently cut candidates that ONNX Runtime keeps."""
+    if flavour.is_rtx or meta.nms.mode != "onnx":
+        return
+    n = nms_candidates(meta)
+    if n > NMS_TOPK_BOX_LIMIT:
+        raise ConfigError(
+            f"{src}: {n} candidates enter NonMaxSuppression (topk-per-level {meta.nms.topk_per_level} over"
+            f" {len(meta.anchors_per_level)} levels) but TensorRT's NMS layer considers at most"
+            f" {NMS_TOPK_BOX_LIMIT} per image and drops the rest; export again with a smaller --topk-per-level"
+            " or with --nms none (host NMS)"
+        )
+
+
+def _plugin_hint(flavour: Flavour, errors: list[str]) -> str:
+    if not any("EfficientNMS_TRT" in e for e in errors):
+        return ""
+    if flavour.is_rtx:
+        return " (TensorRT-RTX has no EfficientNMS_TRT plugin: export with --nms none)"
+    return (
+        " (EfficientNMS_TRT comes from TensorRT's plugin library libnvinfer_plugin, which the tensorrt wheel"
+        " ships; with a lean or dispatch runtime export with --nms onnx)"
+    )
+
+
 def parse_network(flavour: Flavour, path: Path, *, strongly_typed: bool) -> ParsedNetwork:
     """Parse ``path`` into a (strongly typed) network; EngineBuildError naming the parser's errors."""
     trt = flavour.trt
     logger = make_logger(trt)
+    init_plugins(trt, logger)  # the parser finds EfficientNMS_TRT only in an initialised plugin registry
     builder = trt.Builder(logger)
     network = builder.create_network(flavour.network_flags(strongly_typed))
     parser = trt.OnnxParser(network, logger)
@@ -175,9 +220,9 @@ def parse_network(flavour: Flavour, path: Path, *, strongly_typed: bool) -> Pars
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)] or logger.errors
         raise EngineBuildError(
             f"{path}: {flavour.name} {flavour.version} cannot parse the ONNX file: {'; '.join(errors[:3])}"
-            + (" (export with --nms none for TensorRT-RTX)" if any("Plugin not found" in e for e in errors) else "")
+            + _plugin_hint(flavour, errors)
         )
-    return ParsedNetwork(builder, network, parser, logger)
+    return ParsedNetwork(builder, network, parser, logger, is_rtx=flavour.is_rtx)
 
 
 def check_network(parsed: ParsedNetwork, baked: Baked, *, legacy: bool) -> dict[str, Any]:
@@ -224,7 +269,18 @@ def _timing_cache_read(flavour: Flavour, config: trt.IBuilderConfig, path: Path 
     if not flavour.has_timing_cache:
         return ["timing cache not used: TensorRT-RTX compiles its kernels at runtime (its timing cache is a no-op)"]
     data = path.read_bytes() if path.is_file() else b""
-    if not config.set_timing_cache(config.create_timing_cache(data), False):
+    try:
+        cache = config.create_timing_cache(data)
+    except Exception as e:  # TensorRT's bindings raise on some corrupt blobs; the C++ API returns nullptr
+        cache, why = None, f" ({e})"
+    else:
+        why = ""
+    if cache is None:
+        raise ConfigError(
+            f"{path}: not a TensorRT timing cache TensorRT can read (corrupt or truncated{why});"
+            " delete it or pass another --timing-cache file"
+        )
+    if not config.set_timing_cache(cache, False):
         config.set_timing_cache(config.create_timing_cache(b""), False)
         return [f"timing cache {path} was made for another GPU or TensorRT version: started a fresh one"]
     return [f"timing cache {path} {'reused' if data else 'created'}"]
@@ -249,7 +305,7 @@ def build_serialized(parsed: ParsedNetwork, config: trt.IBuilderConfig) -> bytes
     if serialized is None:
         errors = parsed.logger.errors[-3:]
         hint = ""
-        if any("NonMaxSuppression" in e for e in errors):
+        if parsed.is_rtx and any("NonMaxSuppression" in e for e in errors):
             hint = " (TensorRT-RTX cannot build NonMaxSuppression: export with --nms none)"
         raise EngineBuildError(f"the engine build failed: {'; '.join(errors) or 'no reason given'}{hint}")
     return bytes(memoryview(serialized))

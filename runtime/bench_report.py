@@ -19,6 +19,7 @@ Schema ``retina-deploy/bench`` version 1 (times in milliseconds, rates per secon
         "flops_per_image": int | null, "flops_source": str | null,
         "achieved_tflops": float | null,      # flops_per_image * batch / mean compute time
         "peak_tflops": float | null, "peak_source": str | null, "fraction_of_peak": float | null,
+        "cuda_graphs": null (off) | "captured" | "built-in (...)" | "not captured: WHY",   # optional
         "warnings": [str]
       }],
       "warnings": [str]
@@ -128,10 +129,18 @@ def _columns(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
+def _graphs_label(result: dict) -> str:
+    """The table's label: "CUDA graph" when the batch replayed one, "no CUDA graph" when asked for but not captured."""
+    status = result.get("cuda_graphs")
+    if status is None:
+        return ""
+    return ", CUDA graph" if status.startswith(("captured", "built-in")) else ", no CUDA graph"
+
+
 def format_table(report: dict) -> str:
     """Two aligned tables (latency; phases and efficiency), the environment and the warnings, as text."""
     results = report["results"]
-    name = lambda r: f"{r['model']} [{r['backend']}, {r['precision']}]"  # noqa: E731
+    name = lambda r: f"{r['model']} [{r['backend']}, {r['precision']}{_graphs_label(r)}]"  # noqa: E731
     latency = [
         [name(r), r["batch"], *(_f(r["latency_ms"][k]) for k in ("min", "mean", "median", "p90", "p95", "p99", "max")),
          f"{r['latency_ms']['cv']:.1%}", _f(r["images_per_s"], ".2f")]

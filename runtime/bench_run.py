@@ -89,6 +89,11 @@ class DetectorTarget:
             out = det._detection_outputs(raw, len(prepared))
             det._to_detections(out, prepared)
 
+    def graph_status(self, batch: int) -> str | None:
+        """Whether ``batch`` ran as a CUDA graph (``TrtBackend.graph_status``); None: graphs off or not an engine."""
+        status = getattr(self.detector.backend, "graph_status", None)
+        return status(batch) if status is not None else None
+
     def close(self) -> None:
         self.detector.close()
 
@@ -132,6 +137,9 @@ def measure(target, batch: int, images: Sequence[np.ndarray], length: RunLength)
     phases = {name: (summarize(timings.phases[name]).mean * 1e3 if name in timings.phases else None) for name in PHASES}
     compute = summarize(timings.phases["compute"]) if "compute" in timings.phases else None
     warnings = []
+    graphs = target.graph_status(batch) if hasattr(target, "graph_status") else None
+    if graphs is not None and not graphs.startswith(("captured", "built-in")):
+        warnings.append(f"CUDA graphs were asked for but batch {batch} ran without one ({graphs})")
     if latency.cv > length.cv_warn:
         warnings.append(
             f"latency CV {latency.cv:.1%} > {length.cv_warn:.1%}: unstable timing (other processes, frequency "
@@ -152,5 +160,6 @@ def measure(target, batch: int, images: Sequence[np.ndarray], length: RunLength)
         "phases_ms": phases,
         "compute_ms": compute.scaled(1e3) if compute else None,
         "memory": {"host_peak_rss_mib": rss / 2**20 if rss else None, "gpu_mib": None},
+        "cuda_graphs": graphs,
         "warnings": warnings,
     }

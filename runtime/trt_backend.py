@@ -2,11 +2,14 @@
 
 Loading order is the safety order: the manifest and the sha256 of the engine bytes are checked
 before any TensorRT code sees them, then the installed library version and the GPU are compared
-with the manifest, then (where the library offers it) TensorRT's own validity check runs, and only
-then are the bytes deserialized. Inference uses pinned host buffers, one non-blocking stream,
-asynchronous copies and the tensor-address API (``set_tensor_address`` + ``execute_async_v3``);
-with ``cuda_graphs=True`` each batch size is captured once after a warm-up run (TensorRT-RTX uses
-its built-in whole-graph capture instead, which handles its shape-specialized kernels).
+with the manifest (and TensorRT-RTX's supported GPUs), then (where the library offers it) TensorRT's
+own validity check runs, and only then are the bytes deserialized, the plugin registry initialised.
+Inference uses pinned host buffers, one non-blocking stream, asynchronous copies and the
+tensor-address API (``set_tensor_address`` + ``execute_async_v3``), the GPU selected on the calling
+thread at every run; with ``cuda_graphs=True`` each batch size is captured once after a warm-up run
+on a context of its own, a failed capture recorded in ``graph_status`` (TensorRT-RTX uses its
+built-in whole-graph capture instead, which handles its shape-specialized kernels, and keeps the
+kernels it compiles in a runtime cache file).
 """
 
 from __future__ import annotations
@@ -30,10 +33,19 @@ from retina_deploy.runtime.cuda_mem import (
     NoCudaDeviceError,
     PinnedArray,
     Stream,
+    check,
     import_cudart,
     select_device,
 )
-from retina_deploy.runtime.manifest import REBUILD_HINT, EngineManifest, check_compatible, read_verified_engine
+from retina_deploy.runtime.manifest import EngineManifest, check_compatible, read_verified_engine
+from retina_deploy.runtime.trt_support import (
+    RuntimeCacheFile,
+    UnsupportedGpuError,
+    check_flavour_runs_here,
+    deserialize,
+    make_logger,
+    runtime_cache_path,
+)
 
 FLAVOUR_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 _EXTRAS = {"tensorrt": "trt", "tensorrt-rtx": "rtx"}
@@ -114,37 +126,6 @@ def check_io(specs: list[TensorSpec], manifest: EngineManifest, path: str) -> tu
     return inp, outputs
 
 
-def make_logger(trt: ModuleType) -> Any:
-    """A TensorRT logger that keeps error messages (``.errors``), so a failed deserialization can say why."""
-
-    class CapturingLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg) -> None:
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(str(msg))
-
-    return CapturingLogger()
-
-
-def deserialize(trt: ModuleType, data: bytes, path: str, logger: Any) -> tuple[Any, Any]:
-    """Run TensorRT's validity check (where offered), then deserialize. Returns (runtime, engine)."""
-    runtime = trt.Runtime(logger)
-    if hasattr(runtime, "get_engine_validity"):
-        validity, diagnostics = runtime.get_engine_validity(data)
-        if validity == trt.EngineValidity.INVALID:
-            reasons = [n for n, v in trt.EngineInvalidityDiagnostics.__members__.items() if int(diagnostics) & int(v)]
-            why = ", ".join(reasons) or "invalid"
-            raise ModelFileError(f"{path}: TensorRT refuses the engine ({why}); {REBUILD_HINT}")
-    engine = runtime.deserialize_cuda_engine(data)
-    if engine is None:
-        why = "; ".join(getattr(logger, "errors", [])[-3:]) or "no reason given"
-        raise ModelFileError(f"{path}: TensorRT could not deserialize the engine ({why}); {REBUILD_HINT}")
-    return runtime, engine
-
-
 @dataclass
 class _Binding:
     spec: TensorSpec
@@ -161,8 +142,22 @@ class TrtBackend:
     state it was captured with), so each captured size costs one more context's activation memory.
     """
 
-    def __init__(self, *, trt, manifest, runtime, engine, inp, outputs, cuda_graphs: bool, path: str) -> None:
+    def __init__(
+        self,
+        *,
+        trt,
+        manifest,
+        runtime,
+        engine,
+        inp,
+        outputs,
+        cuda_graphs: bool,
+        path: str,
+        device: int = 0,
+        runtime_cache: str | os.PathLike | bool = False,
+    ) -> None:
         self.trt = trt
+        self.device = int(device)
         self.manifest = manifest
         self.name = manifest.flavour
         self.path = path
@@ -173,15 +168,20 @@ class TrtBackend:
         self._runtime, self._engine = runtime, engine
         self._lock = threading.Lock()
         self._manual_graphs = cuda_graphs and manifest.flavour == "tensorrt"
+        self._cuda_graphs = cuda_graphs
         self._graphs: dict[int, tuple[Any, Any]] = {}  # batch -> (its context, graph exec)
-        self._no_graph: set[int] = set()
+        self._no_graph: dict[int, str] = {}  # batch -> why its capture failed (it runs without a graph)
         self._bindings: list[_Binding] = []
         self._context = self._stream = None
         self._events: EventTimer | None = None
         self.last_timings_s: dict[str, float] | None = None
+        cache_path = runtime_cache_path(path, runtime_cache) if manifest.flavour == "tensorrt-rtx" else None
+        self._runtime_cache: RuntimeCacheFile | None = None
         try:
             self._stream = Stream(self._cudart)
             self._allocate([inp, *outputs])
+            if cache_path is not None:  # after the first CUDA calls: deserializing it needs a current context
+                self._runtime_cache = RuntimeCacheFile(cache_path, self._engine.create_runtime_config())
             self._context = self._new_context(cuda_graphs and manifest.flavour == "tensorrt-rtx")
         except BaseException:
             self.close()
@@ -190,12 +190,22 @@ class TrtBackend:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, *, device: int = 0, flavour: str | None = None, cuda_graphs: bool = False
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: int = 0,
+        flavour: str | None = None,
+        cuda_graphs: bool = False,
+        runtime_cache: str | os.PathLike | bool = True,
     ) -> TrtBackend:
         """Verify and load ``path`` on GPU ``device``; ``flavour`` None follows the manifest.
 
+        runtime_cache (TensorRT-RTX): the file its JIT-compiled kernels are kept in between processes
+        (True: ``<engine>.rtx-cache`` beside the engine; False: none), read here and written by ``close``.
+
         Raises ModelFileError (missing/foreign/tampered engine or manifest, version or GPU mismatch:
-        the message says to rebuild), TensorRTUnavailableError, NoCudaDeviceError.
+        the message says to rebuild), TensorRTUnavailableError, NoCudaDeviceError (UnsupportedGpuError:
+        a GPU the flavour does not run on).
         """
         path = str(path)
         manifest, data = read_verified_engine(path)  # sha256 before any TensorRT code runs
@@ -203,6 +213,7 @@ class TrtBackend:
         trt = import_tensorrt(manifest.flavour)
         check_compatible(manifest, path, trt_version=trt.__version__)
         gpu_name, capability = select_device(import_cudart(), device)
+        check_flavour_runs_here(trt, manifest.flavour, capability, gpu_name, path)
         check_compatible(manifest, path, gpu_name=gpu_name, compute_capability=capability)
         runtime, engine = deserialize(trt, data, path, make_logger(trt))
         inp, outputs = check_io(describe_io(engine, trt), manifest, path)
@@ -215,6 +226,8 @@ class TrtBackend:
             outputs=outputs,
             cuda_graphs=cuda_graphs,
             path=path,
+            device=device,
+            runtime_cache=runtime_cache,
         )
 
     def _allocate(self, specs: list[TensorSpec]) -> None:
@@ -227,9 +240,13 @@ class TrtBackend:
 
     def _new_context(self, rtx_graphs: bool = False) -> Any:
         """An execution context with every tensor address bound (they never change)."""
-        if rtx_graphs:  # TensorRT-RTX captures and replays graphs itself, per shape
+        cache = self._runtime_cache
+        if rtx_graphs or cache is not None:  # TensorRT-RTX: its runtime config
             config = self._engine.create_runtime_config()
-            config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            if rtx_graphs:  # TensorRT-RTX captures and replays graphs itself, per shape
+                config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            if cache is not None:
+                cache.attach(config)
             context = self._engine.create_execution_context(config)
         else:
             context = self._engine.create_execution_context()
@@ -250,6 +267,8 @@ class TrtBackend:
         with self._lock:
             if self._context is None:
                 raise RuntimeError(f"{self.path}: the backend is closed")
+            # The current device is per host thread: a batcher or server thread must select it itself.
+            check(self._cudart, self._cudart.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
             inp, outputs = self._bindings[0], self._bindings[1:]
             inp.host.array[:b] = batch
             events = self._events
@@ -292,11 +311,28 @@ class TrtBackend:
         if not self._context.execute_async_v3(self._stream.ptr):
             raise RuntimeError(f"{self.path}: execute_async_v3 failed at batch {b}")
 
+    @property
+    def runtime_cache_note(self) -> str | None:
+        """What happened to TensorRT-RTX's runtime cache file (created / reused / replaced / left alone)."""
+        return None if self._runtime_cache is None else self._runtime_cache.note
+
+    def graph_status(self, batch: int) -> str | None:
+        """Whether ``batch`` runs as a CUDA graph: None (graphs off), "captured", "not captured yet",
+        "not captured: WHY" (it runs without a graph), or "built-in" (TensorRT-RTX captures by itself)."""
+        if not self._cuda_graphs:
+            return None
+        if not self._manual_graphs:
+            return "built-in (TensorRT-RTX captures and replays per shape)"
+        if batch in self._graphs:
+            return "captured"
+        return f"not captured: {self._no_graph[batch]}" if batch in self._no_graph else "not captured yet"
+
     def _capture(self, b: int) -> None:
         """Capture batch ``b`` on a context of its own: one warm-up run, then stream capture.
 
         The input buffer still holds this batch, so the warm-up rewrites the same outputs. Any
-        failure leaves batch ``b`` on the ordinary path; a result is never lost to it.
+        failure leaves batch ``b`` on the ordinary path, its reason in ``graph_status``; a result is
+        never lost to it.
         """
         context = None
         try:
@@ -318,14 +354,19 @@ class TrtBackend:
                 self._stream.abort_capture()
                 raise ModelFileError("execute_async_v3 failed during capture")
             self._graphs[b] = (context, self._stream.end_capture())
-        except (CudaError, ModelFileError):
-            self._no_graph.add(b)
+        except (CudaError, ModelFileError) as e:
+            self._no_graph[b] = str(e)
             with contextlib.suppress(CudaError):
                 self._stream.synchronize()
 
     def close(self) -> None:
         """Free graphs, contexts, buffers and the stream, then the engine; idempotent."""
         with self._lock:
+            if self._stream is not None:  # on this backend's device, whichever thread closes it
+                with contextlib.suppress(CudaError):
+                    check(self._cudart, self._cudart.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
+            if self._runtime_cache is not None and self._context is not None:
+                self._runtime_cache.save()  # the kernels compiled so far, for the next process
             for _, graph in self._graphs.values():
                 self._stream.destroy_graph(graph)
             self._graphs.clear()
@@ -349,8 +390,10 @@ __all__ = [
     "TensorRTUnavailableError",
     "TensorSpec",
     "TrtBackend",
+    "UnsupportedGpuError",
     "check_io",
     "describe_io",
+    "deserialize",
     "import_tensorrt",
     "installed_flavours",
 ]

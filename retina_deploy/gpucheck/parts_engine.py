@@ -85,9 +85,10 @@ def _detect_twice(engine: Path, images, graphs: bool, runs: int) -> tuple[list, 
         first = detector.detect(images)
         second = detector.detect(images)
         latency = detector_latency(detector, images, runs)
-        captured = getattr(detector.backend, "_graphs", None)  # tensorrt flavour only; diagnostic
-        if graphs and captured is not None:
-            latency["graphs_captured_for_batches"] = sorted(captured)
+        status = getattr(detector.backend, "graph_status", None)
+        if graphs and status is not None:  # per batch size seen: "captured", "built-in" or why not
+            seen = {b: status(b) for b in range(detector.min_batch, detector.max_batch + 1)}
+            latency["cuda_graphs_per_batch"] = {b: s for b, s in seen.items() if s != "not captured yet"}
     return first, second, latency
 
 
@@ -144,14 +145,25 @@ def run_bench(ctx: CheckContext, help_text: str, engines: list[Path], flavour: s
     return row
 
 
-def _can_run_engines(ctx: CheckContext) -> str | None:
-    """None when engines can run here (a GPU and cuda-python), else why not."""
+def _can_run_engines(ctx: CheckContext, flavour: str) -> str | None:
+    """None when ``flavour``'s engines can run here (a GPU it supports and cuda-python), else why not."""
     import torch
 
     if not torch.cuda.is_available():
         return "no GPU to run an engine on (builds only)"
     if importlib_find("cuda") is None:
         return "missing package: cuda-python (the TensorRT backend's CUDA bindings)"
+    if flavour == "tensorrt-rtx":
+        from retina_deploy.runtime.trt_backend import import_tensorrt
+        from retina_deploy.runtime.trt_support import rtx_capabilities
+
+        trt = import_tensorrt(flavour)
+        supported, capability = rtx_capabilities(trt), "{}.{}".format(*torch.cuda.get_device_capability(0))
+        if supported and capability not in supported:
+            return (
+                f"TensorRT-RTX {trt.__version__} does not run on compute capability {capability}"
+                f" (it supports {', '.join(supported)}): engines built, not run"
+            )
     return None
 
 
@@ -172,10 +184,12 @@ def part_trt_engines(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
     if not flavours:
         raise Skip("missing package: tensorrt + cuda-python (or tensorrt-rtx-cu13): pip install tensorrt cuda-python")
     require_modules("onnx", "onnxslim", "onnxruntime", "safetensors", "retina_deploy.export")
-    cannot_run = _can_run_engines(ctx)
-    help_text = None if cannot_run else bench_help()
     images = ctx.test_images()
+    help_text = None
     for flavour in flavours:
+        cannot_run = _can_run_engines(ctx, flavour)
+        if not cannot_run and help_text is None:
+            help_text = bench_help()
         clock.require(30, f"exporting for {flavour}")
         onnx = ctx.onnx("none" if flavour == "tensorrt-rtx" else "onnx")
         built = []
@@ -196,7 +210,7 @@ def part_trt_engines(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
             )
         if built and not cannot_run and help_text is not None:
             clock.require(20, f"bench on the {flavour} engines")
-            run_step(rec, f"{flavour}/bench", lambda f=flavour, e=built: run_bench(ctx, help_text, e, f, clock))
+            run_step(rec, f"{flavour}/bench", lambda f=flavour, e=built, h=help_text: run_bench(ctx, h, e, f, clock))
         else:
             why = cannot_run or ("no engine built" if not built else "not available: no `retina-deploy bench` verb")
             rec.figures[f"{flavour}/bench"] = {"status": "skipped", "reason": why}
@@ -209,8 +223,10 @@ def _engine_summary(rec: PartRecord) -> str:
         if key.endswith("/build") and row.get("status") == "ok":
             name = key.removesuffix("/build")
             run = rec.figures.get(f"{name}/detector", {})
-            ms = (run.get("latency_cuda_graphs") or {}).get("infer_b1_ms") if run.get("status") == "ok" else None
-            parts.append(f"{name} built {row['build_s']} s" + (f", b1 {ms} ms (graphs)" if ms is not None else ""))
+            graphs = (run.get("latency_cuda_graphs") or {}) if run.get("status") == "ok" else {}
+            ms, status = graphs.get("infer_b1_ms"), (graphs.get("cuda_graphs_per_batch") or {}).get(1, "")
+            label = "CUDA graph" if status.startswith(("captured", "built-in")) else "graphs asked, none captured"
+            parts.append(f"{name} built {row['build_s']} s" + (f", b1 {ms} ms ({label})" if ms is not None else ""))
     return "; ".join(parts)
 
 

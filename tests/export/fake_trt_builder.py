@@ -84,6 +84,13 @@ def make_tensorrt(version: str = "10.13.3.9", *, cudart: Any = None, dla_cores: 
     mod = types.ModuleType("tensorrt")
     mod.__version__ = version
     mod.builds, mod.force_conv_precision = [], None
+    mod._plugins = False  # the plugin registry: empty until init_libnvinfer_plugins (process-global in TensorRT)
+
+    def init_libnvinfer_plugins(logger: Any, namespace: str) -> bool:
+        mod._plugins = True
+        return True
+
+    mod.init_libnvinfer_plugins = init_libnvinfer_plugins
     mod._cudart, mod._dla_cores, mod._gpu = cudart, dla_cores, gpu
     flags = {k: v for k, v in BUILDER_FLAGS_10.items() if major < 11 or k not in PRECISION_FLAGS}
     mod.BuilderFlag = PybindEnum("BuilderFlag", flags)
@@ -221,12 +228,16 @@ class IBuilderConfig(_Strict):
     num_optimization_profiles = property(lambda self: len(self._profiles))
 
     def create_timing_cache(self, serialized_timing_cache: bytes) -> ITimingCache:
+        """An empty cache from b"", None (TensorRT's nullptr) from bytes that are not a timing cache."""
         blob = bytes(serialized_timing_cache)
         if not blob:
             return ITimingCache(self._cache_header(), set(), blob)
-        if not blob.startswith(TIMING_MAGIC):
-            return ITimingCache({"tensorrt": "?", "gpu": "?"}, set(), blob)
-        record = json.loads(blob[len(TIMING_MAGIC) :])
+        try:
+            record = json.loads(blob[len(TIMING_MAGIC) :]) if blob.startswith(TIMING_MAGIC) else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not {"tensorrt", "gpu", "entries"} <= record.keys():
+            return None
         return ITimingCache({"tensorrt": record["tensorrt"], "gpu": record["gpu"]}, set(record["entries"]), blob)
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
@@ -330,6 +341,10 @@ class Runtime:
             self.logger.log(ILogger.Severity.ERROR, "Magic tag does not match: not a serialized engine")
             return None
         plan = json.loads(data[len(ENGINE_MAGIC) :])
+        plugin = next((la["name"] for la in plan["layers"] if la["type"] == "PLUGIN_V2"), None)
+        if plugin is not None and not self._trt._plugins:
+            self.logger.log(ILogger.Severity.ERROR, f"getPluginCreator could not find plugin for layer {plugin}")
+            return None
         if plan["tensorrt"] != self._trt.__version__:
             self.logger.log(
                 ILogger.Severity.ERROR,

@@ -24,7 +24,7 @@ LayerType = PybindEnum(
     "LayerType",
     "CONVOLUTION ACTIVATION POOLING ELEMENTWISE CONCATENATION SHUFFLE CONSTANT CAST GATHER UNSQUEEZE SQUEEZE"
     " SHAPE SLICE RESIZE UNARY REDUCE TOPK MATRIX_MULTIPLY QUANTIZE DEQUANTIZE NMS SELECT FILL IDENTITY SOFTMAX"
-    " PLUGIN_V2 NON_ZERO".split(),
+    " PLUGIN_V2 NON_ZERO SCATTER".split(),
     start=0,
 )
 
@@ -41,7 +41,9 @@ ONNX_LAYER = {
     "Gemm": "MATRIX_MULTIPLY",
     "QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE", "NonMaxSuppression": "NMS", "Where": "SELECT",
     "ConstantOfShape": "FILL", "Expand": "SLICE", "Identity": "IDENTITY", "Softmax": "SOFTMAX", "NonZero": "NON_ZERO",
-    "Range": "FILL", "Tile": "SLICE", "ArgMax": "TOPK", "EfficientNMS_TRT": "PLUGIN_V2",
+    "Range": "FILL", "Mod": "ELEMENTWISE", "Xor": "ELEMENTWISE",
+    "GreaterOrEqual": "ELEMENTWISE", "GatherElements": "GATHER", "ScatterND": "SCATTER",
+    "Tile": "SLICE", "ArgMax": "TOPK", "EfficientNMS_TRT": "PLUGIN_V2",
 }  # fmt: skip
 ONNX_TYPES = {1: "FLOAT", 10: "HALF", 3: "INT8", 6: "INT32", 9: "BOOL", 2: "UINT8", 16: "BF16", 7: "INT64"}
 
@@ -53,8 +55,14 @@ class ITensor:
 
 
 class ILayer:
+    """``get_output_type`` as documented per major version: 10.x "the output type, kFLOAT if no precision
+    has been set" (a strongly typed network cannot set one), 11.x the type the network inferred."""
+
+    _inferred_output_type = False  # 11.x parsers make layers with True
+
     def __init__(self, name: str, type_: Any, inputs: list, outputs: list) -> None:
         self.name, self.type, self._inputs, self._outputs = name, type_, inputs, outputs
+        self._set_types: dict[int, Any] = {}
 
     num_inputs = property(lambda self: len(self._inputs))
     num_outputs = property(lambda self: len(self._outputs))
@@ -66,7 +74,12 @@ class ILayer:
         return self._outputs[index]
 
     def get_output_type(self, index: int) -> Any:
-        return self._outputs[index].dtype
+        if index in self._set_types:
+            return self._set_types[index]
+        return self._outputs[index].dtype if self._inferred_output_type else DataType.FLOAT
+
+    def set_output_type(self, index: int, dtype: Any) -> None:
+        self._set_types[index] = dtype
 
 
 class INetworkDefinition:
@@ -121,7 +134,9 @@ class OnnxParser:
         except Exception as e:  # protobuf's DecodeError and friends
             self._errors.append(ParserError(f"Failed to parse ONNX model: {e}"))
             return False
-        _import_graph(proto.graph, self.network, self._errors)
+        trt = self._trt
+        major = int(trt.__version__.split(".")[0])
+        _import_graph(proto.graph, self.network, self._errors, plugins=trt._plugins, inferred_types=major >= 11)
         return not self._errors
 
 
@@ -129,8 +144,15 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[int, ...]:
     return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim)
 
 
-def _import_graph(graph: onnx.GraphProto, net: INetworkDefinition, errors: list) -> None:
-    """Layers and typed tensors of ``graph`` into ``net`` (see the module docstring)."""
+def _import_graph(
+    graph: onnx.GraphProto, net: INetworkDefinition, errors: list, *, plugins: bool, inferred_types: bool
+) -> None:
+    """Layers and typed tensors of ``graph`` into ``net`` (see the module docstring).
+
+    plugins: the plugin registry was initialised (``init_libnvinfer_plugins``): without it a plugin op
+    such as EfficientNMS_TRT is "Plugin not found", as for any op the parser has no importer for.
+    inferred_types: ``get_output_type`` returns the inferred type (11.x), else kFLOAT (10.x).
+    """
     inits = {i.name: i for i in graph.initializer}
     tensors: dict[str, ITensor] = {}
 
@@ -147,6 +169,8 @@ def _import_graph(graph: onnx.GraphProto, net: INetworkDefinition, errors: list)
             net._inputs.append(tensors[vi.name])
     for index, node in enumerate(graph.node):
         kind = ONNX_LAYER.get(node.op_type)
+        if kind == "PLUGIN_V2" and not plugins:
+            kind = None
         if kind is None:
             errors.append(ParserError(
                 f"In node {index} with name: {node.name} and operator: {node.op_type}: UNSUPPORTED_NODE: No importer"
@@ -161,6 +185,7 @@ def _import_graph(graph: onnx.GraphProto, net: INetworkDefinition, errors: list)
         outputs = [ITensor(o, _output_type(node, j, inputs, inits)) for j, o in enumerate(node.output)]
         tensors.update((t.name, t) for t in outputs)
         net._layers.append(ILayer(node.name or node.output[0], LayerType[kind], inputs, outputs))
+        net._layers[-1]._inferred_output_type = inferred_types
     for vi in graph.output:
         tensors[vi.name].shape, tensors[vi.name].is_network_output = _dims(vi), True
         net._outputs.append(tensors[vi.name])
@@ -179,7 +204,7 @@ def _output_type(node: onnx.NodeProto, index: int, inputs: list, inits: dict) ->
         return inputs[1].dtype
     if op in ("Shape", "NonZero", "NonMaxSuppression", "ArgMax") or (op == "TopK" and index == 1):
         return DataType.INT64
-    if op in ("Equal", "Less", "Greater", "And", "Not"):
+    if op in ("Equal", "Less", "Greater", "GreaterOrEqual", "And", "Xor", "Not"):
         return DataType.BOOL
     if op == "Constant":
         return DataType[ONNX_TYPES[attrs["value"].data_type]]

@@ -222,14 +222,17 @@ def test_tensorrt_11_builds_the_default_path(default_builds, tmp_path, monkeypat
     assert counts == {"fp16": result.precision_check["network"]["counts"]["conv"]}
 
 
-def test_dla_fp16_sets_device_core_and_gpu_fallback(default_builds, tmp_path, monkeypatch):
-    trt, _ = install(monkeypatch, dla_cores=2)
-    fp16_onnx = default_builds["fp16"][0].onnx_path
-    result = build_engine(
-        fp16_onnx, tmp_path / "dla.engine", EngineBuildConfig(flavour="tensorrt", dla_core=1, batch=(2, 2, 2))
-    )
+@pytest.mark.parametrize("version", [TRT10, TRT11])
+def test_dla_fp16_sets_device_core_and_gpu_fallback(default_builds, none_export, tmp_path, monkeypatch, version):
+    # 11.x: DLA builds are strongly typed (the FP16 file); 10.x documents DLA with builder flags only
+    trt, _ = install(monkeypatch, version, dla_cores=2)
+    legacy = version == TRT10
+    src = none_export if legacy else default_builds["fp16"][0].onnx_path
+    cfg = EngineBuildConfig(flavour="tensorrt", dla_core=1, batch=(2, 2, 2), precision="fp16", legacy_precision=legacy)
+    result = build_engine(src, tmp_path / "dla.engine", cfg)
     record = trt.builds[-1]
     assert record["device_type"] == "DLA" and record["dla_core"] == 1 and "GPU_FALLBACK" in record["flags"]
+    assert record["strongly_typed"] != legacy and ("FP16" in record["flags"]) == legacy
     assert record["dla_layers"] > 0 and record["gpu_layers"] > 0  # shape/gather layers fall back to the GPU
     assert result.manifest.extra["build_config"]["dla_core"] == 1
 
@@ -240,10 +243,11 @@ def test_dla_fp16_sets_device_core_and_gpu_fallback(default_builds, tmp_path, mo
         ("core", "DLA core 2 does not exist: tensorrt sees 2 DLA cores"),
         ("fp32", "DLA runs FP16 or INT8 only"),
         ("dynamic", "DLA needs a fixed batch"),
+        ("strongly_typed_10", "strongly typed network is not documented for tensorrt 10.*--legacy-precision"),
     ],
 )
 def test_dla_refusals(default_builds, none_export, tmp_path, monkeypatch, case, match):
-    trt, _ = install(monkeypatch, dla_cores=2)
+    trt, _ = install(monkeypatch, TRT10 if case == "strongly_typed_10" else TRT11, dla_cores=2)
     src, cfg = default_builds["fp16"][0].onnx_path, EngineBuildConfig(flavour="tensorrt", dla_core=0, batch=(2, 2, 2))
     if case == "core":
         cfg = EngineBuildConfig(flavour="tensorrt", dla_core=2, batch=(2, 2, 2))
@@ -257,7 +261,7 @@ def test_dla_refusals(default_builds, none_export, tmp_path, monkeypatch, case, 
 
 
 def test_dla_without_gpu_fallback_fails_on_layers_dla_cannot_run(default_builds, tmp_path, monkeypatch):
-    install(monkeypatch, dla_cores=1)
+    install(monkeypatch, TRT11, dla_cores=1)
     cfg = EngineBuildConfig(flavour="tensorrt", dla_core=0, batch=(1, 1, 1), gpu_fallback=False)
     with pytest.raises(EngineBuildError, match="cannot run on DLA .* GPU fallback is not enabled"):
         build_engine(default_builds["fp16"][0].onnx_path, tmp_path / "dla.engine", cfg)
@@ -320,3 +324,57 @@ def test_legacy_int8_with_fewer_images_than_one_batch_is_one_clear_error(none_ex
     with pytest.raises(ConfigError, match="calibrates in full batches of 8 images: found 4") as info:
         build_engine(none_export, tmp_path / "few.engine", cfg)
     assert "\n" not in str(info.value) and not trt.builds and nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------- what a first GPU run would hit
+
+
+@pytest.mark.parametrize("version", [TRT10, TRT11])
+def test_efficient_nms_builds_once_the_plugin_registry_is_initialised(r18_exports, tmp_path, monkeypatch, version):
+    # the parser finds EfficientNMS_TRT only in an initialised registry, and so does deserialization
+    # (the engine check deserializes the engine through the stand-in Runtime)
+    trt, _ = install(monkeypatch, version)
+    result = build_engine(r18_exports["efficient"], tmp_path / "e.engine", EngineBuildConfig(flavour="tensorrt"))
+    assert trt._plugins and trt.builds[-1]["conv_precisions"] == ["fp32"]
+    assert result.precision_check["engine"]["counts"] == {"fp32": result.precision_check["network"]["counts"]["conv"]}
+    engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(result.engine_path.read_bytes())
+    types = [s.dtype.name for s in describe_io(engine, trt) if not s.is_input]
+    assert types == ["int32", "float32", "float32", "int32"]  # num_dets, boxes, scores, classes
+
+
+def test_missing_plugin_library_hint_speaks_of_tensorrt_not_rtx(r18_exports, tmp_path, monkeypatch):
+    trt, _ = install(monkeypatch)
+    trt.init_libnvinfer_plugins = lambda logger, namespace: False  # a runtime without libnvinfer_plugin
+    with pytest.raises(EngineBuildError, match="Plugin not found.*libnvinfer_plugin") as info:
+        build_engine(r18_exports["efficient"], tmp_path / "e.engine", EngineBuildConfig(flavour="tensorrt"))
+    assert "RTX" not in str(info.value) and not (tmp_path / "e.engine").exists()
+
+
+@pytest.mark.parametrize("garbage", [b"not a timing cache", b"FAKE-TRT-TIMING-CACHE\n{truncated"])
+def test_unreadable_timing_cache_is_refused_and_left_alone(none_export, tmp_path, monkeypatch, garbage):
+    trt, _ = install(monkeypatch)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(garbage)
+    cfg = EngineBuildConfig(flavour="tensorrt", batch=(1, 1, 2), timing_cache=cache)
+    with pytest.raises(ConfigError, match="timing.cache: not a TensorRT timing cache"):
+        build_engine(none_export, tmp_path / "a.engine", cfg)
+    assert cache.read_bytes() == garbage and not trt.builds and not (tmp_path / "a.engine").exists()
+
+
+def test_nms_box_limit_of_tensorrt_is_refused_at_build_time(r18_exports, tmp_path, monkeypatch):
+    from retina_deploy.export.engine_steps import NMS_TOPK_BOX_LIMIT, check_nms_box_limit, nms_candidates
+    from retina_deploy.export.trt_flavours import Flavour
+
+    trt, _ = install(monkeypatch)
+    meta = read_onnx_metadata(r18_exports["onnx"])
+    assert meta.anchors_per_level == (4608, 1152, 288, 72, 18)  # 128 x 256: strides 8..128, 9 anchors
+    k, classes = meta.nms.topk_per_level, len(meta.class_names)
+    assert nms_candidates(meta) == sum(min(k, a * classes) for a in meta.anchors_per_level) <= NMS_TOPK_BOX_LIMIT
+    check_nms_box_limit(Flavour("tensorrt", trt), meta, Path("m.onnx"))  # the default fits
+    assert classes == 4
+    big = replace(meta, nms=replace(meta.nms, topk_per_level=2000))
+    assert nms_candidates(big) == 2000 + 2000 + 288 * 4 + 72 * 4 + 18 * 4 == 5512  # P5..P7 hold fewer than k
+    with pytest.raises(ConfigError, match="5512 candidates enter NonMaxSuppression .* at most 5000"):
+        check_nms_box_limit(Flavour("tensorrt", trt), big, Path("m.onnx"))
+    none_meta = replace(big, nms=replace(big.nms, mode="none"))
+    check_nms_box_limit(Flavour("tensorrt", trt), none_meta, Path("m.onnx"))  # host NMS has no such limit

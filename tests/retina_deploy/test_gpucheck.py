@@ -185,3 +185,21 @@ def test_parts_past_the_deadline_are_skipped_as_out_of_time(tmp_path):
     reasons = {name: p["reason"] for name, p in parts.items() if p["status"] == "skipped"}
     assert set(reasons) == {"train.throughput", "train.ddp", "train.resume", "train.detector"}
     assert all(r.startswith("out of time") for n, r in reasons.items() if n != "train.detector"), reasons
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None, reason="tensorrt_rtx is not installed")
+@pytest.mark.parametrize("capability, runs", [((9, 0), False), ((8, 9), True), ((12, 0), True)])
+def test_engines_of_tensorrt_rtx_are_not_run_on_a_gpu_it_does_not_support(monkeypatch, capability, runs):
+    # the lent H100 / H200 are compute capability 9.0, which TensorRT-RTX 1.7 does not run on
+    import torch
+
+    from retina_deploy.gpucheck import parts_engine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(parts_engine, "importlib_find", lambda name: object())
+    why = parts_engine._can_run_engines(None, "tensorrt-rtx")
+    assert (why is None) == runs
+    if not runs:
+        assert "does not run on compute capability 9.0" in why and "engines built, not run" in why
+    assert parts_engine._can_run_engines(None, "tensorrt") is None  # regular TensorRT runs on every capability

@@ -15,10 +15,21 @@ from retina_deploy.runtime.host_nms import (
     batched_nms,
     detections_from_dense,
     efficient_nms,
+    iou_one_to_many,
     topk_per_level,
 )
 
 A, B, C = [0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30]
+
+
+def test_iou_one_to_many_hand_computed():
+    a, b, c = (np.array(x, np.float32) for x in (A, B, C))
+    assert float(iou_one_to_many(a, b)) == 0.5 and float(iou_one_to_many(a, c)) == 0.0  # one box against one
+    np.testing.assert_array_equal(iou_one_to_many(a, np.stack([a, b, c])), [1.0, 0.5, 0.0])
+    point = np.array([5, 5, 5, 5], np.float32)
+    assert np.isnan(iou_one_to_many(point, point))  # 0 / 0: never above a threshold
+    pairs = iou_one_to_many(np.stack([a, c])[:, None, :], np.stack([a, b, c])[None, :, :])
+    np.testing.assert_array_equal(pairs, [[1.0, 0.5, 0.0], [0.0, 0.0, 1.0]])
 
 
 def test_batched_nms_hand_computed():
@@ -43,6 +54,7 @@ def test_batched_nms_matches_torchvision():
     classes = rng.integers(0, 4, 500)
     expected = tv_batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), 0.5).numpy()
     ours = batched_nms(boxes, scores, classes, 0.5, 500)
+
     # Same inputs; the IoU arithmetic may round differently (SIMD, FMA): only explained flips allowed.
     def kept(idx):
         return {"boxes": boxes[idx], "scores": scores[idx], "labels": classes[idx]}

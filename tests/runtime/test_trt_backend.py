@@ -10,6 +10,7 @@
 import importlib.util
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from retina_deploy.runtime.manifest import manifest_path, sha256_file, write_man
 from retina_deploy.runtime.trt_backend import (
     TensorRTUnavailableError,
     TrtBackend,
+    UnsupportedGpuError,
     check_io,
     describe_io,
     import_tensorrt,
@@ -71,6 +73,7 @@ def _fake_engine_file(tmp_path, **overrides):
 def fakes(monkeypatch):
     cudart = FakeCudart()
     FakeTrt.engine = FakeEngine(cudart)
+    monkeypatch.setattr(FakeTrt, "plugins_initialised", False)
     monkeypatch.setattr(trt_backend, "import_tensorrt", lambda flavour: FakeTrt)
     monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
     return cudart
@@ -165,6 +168,8 @@ def test_run_loop_with_fake_engine(tmp_path, fakes, cuda_graphs):
         for name, expected in reference_outputs(batch).items():
             np.testing.assert_allclose(out[name], expected, rtol=1e-6)
     assert (fakes.graph_launches > 0) == cuda_graphs
+    status = [backend.graph_status(b) for b in (1, 2, 3)]
+    assert status == (["captured", "not captured yet", "captured"] if cuda_graphs else [None] * 3)
     # one context, plus one per captured batch size (1, 3, 4)
     assert FakeTrt.engine.contexts == (4 if cuda_graphs else 1)
     with pytest.raises(ValueError, match="batch must be"):
@@ -175,13 +180,15 @@ def test_run_loop_with_fake_engine(tmp_path, fakes, cuda_graphs):
     assert fakes.freed == allocated and not fakes.buffers
 
 
-def test_failed_capture_falls_back_without_losing_results(tmp_path, fakes):
-    FakeTrt.engine.capture_fails = True
+def test_failed_capture_falls_back_without_losing_results_and_says_so(tmp_path, fakes):
+    FakeTrt.engine.data_dependent = True  # e.g. the NMS layer of --nms onnx engines: capture is invalidated
     backend = TrtBackend.load(_fake_engine_file(tmp_path, flavour="tensorrt"), cuda_graphs=True)
     batch = np.random.default_rng(1).normal(size=(2, 3, 128, 128)).astype(np.float32)
+    assert backend.graph_status(2) == "not captured yet"
     for _ in range(3):
         np.testing.assert_allclose(backend.run(batch)["scores"], reference_outputs(batch)["scores"], rtol=1e-6)
     assert fakes.graph_launches == 0 and fakes.capturing is None
+    assert backend.graph_status(2).startswith("not captured: execute_async_v3 failed during capture")
     backend.close()
     with pytest.raises(RuntimeError, match="closed"):
         backend.run(batch)
@@ -205,6 +212,69 @@ def test_cuda_failures_are_typed(tmp_path, fakes):
         TrtBackend.load(_fake_engine_file(tmp_path))
     with pytest.raises(NoCudaDeviceError, match="device 3 does not exist"):
         select_device(FakeCudart(device_count=2), 3)
+
+
+def test_stand_in_copies_are_asynchronous_and_devices_per_thread(fakes):
+    # what the stand-in claims of CUDA: a pinned buffer read before the stream is synchronized is stale;
+    # a kernel on a stream of another device than the thread's current one fails, a copy does not
+    from retina_deploy.runtime.cuda_mem import DeviceBuffer, PinnedArray, Stream
+
+    src, dst = PinnedArray(fakes, (4,), np.float32), PinnedArray(fakes, (4,), np.float32)
+    dev, stream = DeviceBuffer(fakes, 16), Stream(fakes)
+    src.array[:], dst.array[:] = 7, 0
+    stream.copy_to_device(dev.ptr, src.ptr, 16)
+    stream.copy_to_host(dst.ptr, dev.ptr, 16)
+    assert dst.array.tolist() == [0, 0, 0, 0]
+    stream.synchronize()
+    assert dst.array.tolist() == [7, 7, 7, 7]
+    fakes.device_count = 2
+    check(fakes, fakes.cudaSetDevice(1), "cudaSetDevice")
+    assert fakes.enqueue(stream.ptr, lambda: None, kernel=False)  # the stream is device 0's
+    assert not fakes.enqueue(stream.ptr, lambda: None, kernel=True)
+    context = FakeEngine(fakes).create_execution_context()
+    assert not context.set_tensor_address("no_such_tensor", dev.ptr) and context.set_tensor_address("images", dev.ptr)
+
+
+def test_engine_with_a_plugin_layer_and_int32_outputs_runs(tmp_path, fakes):
+    # an EfficientNMS_TRT engine: deserializes only from an initialised plugin registry; int32 outputs
+    FakeTrt.engine = FakeEngine(fakes, plugin=True, outputs="nms")
+    backend = TrtBackend.load(_fake_engine_file(tmp_path, flavour="tensorrt"))
+    batch = np.random.default_rng(2).normal(size=(3, 3, 128, 128)).astype(np.float32)
+    out, expected = backend.run(batch), reference_outputs(batch, "nms")
+    assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in expected.items()}
+    for name, value in expected.items():
+        np.testing.assert_array_equal(out[name], value)
+    backend.close()
+
+
+def test_tensorrt_rtx_on_a_gpu_it_does_not_support_is_not_a_rebuild(tmp_path, fakes):
+    fakes.capability = (9, 0)  # H100 / H200: TensorRT-RTX 1.7 runs on 7.5, 8.0, 8.6, 8.9, 12.x
+    path = _fake_engine_file(tmp_path)
+    for load in (TrtBackend.load, Detector.load):
+        with pytest.raises(UnsupportedGpuError, match="TensorRT-RTX 1.7.1.116 does not run on this GPU") as info:
+            load(path)
+        assert "compute capability 9.0" in str(info.value) and "--flavor tensorrt" in str(info.value)
+        assert "rebuild" not in str(info.value)
+    fakes.capability = (12, 0)
+    TrtBackend.load(path).close()
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_runs_from_other_threads_select_the_backend_device(tmp_path, fakes, cuda_graphs):
+    # the current device is per host thread: a batcher / server thread starts on device 0
+    fakes.device_count = 2
+    backend = TrtBackend.load(_fake_engine_file(tmp_path, flavour="tensorrt"), device=1, cuda_graphs=cuda_graphs)
+    batch = np.random.default_rng(3).normal(size=(2, 3, 128, 128)).astype(np.float32)
+    results = []
+    for _ in range(3):
+        worker = threading.Thread(target=lambda: results.append(backend.run(batch)))
+        worker.start()
+        worker.join()
+    assert len(results) == 3
+    for out in results:
+        np.testing.assert_allclose(out["boxes"], reference_outputs(batch)["boxes"], rtol=1e-6)
+    assert (fakes.graph_launches == 2) == cuda_graphs
+    backend.close()
 
 
 @pytest.mark.skipif(not HAS_CUDART, reason="cuda-python is not installed")
@@ -304,8 +374,44 @@ def test_rtx_engine_matches_onnxruntime_on_gpu(rtx_engine, cuda_graphs):
     imgs = images()
     with Detector.load(exported("none"), backend="ort-cpu") as ref:
         expected = ref.detect(imgs)
-    with Detector.load(rtx_engine, cuda_graphs=cuda_graphs) as det:
+    try:
+        det = Detector.load(rtx_engine, cuda_graphs=cuda_graphs)
+    except UnsupportedGpuError as e:  # e.g. an H100: TensorRT-RTX does not run on compute capability 9.0
+        pytest.skip(f"TensorRT-RTX does not run on this GPU: {e}")
+    with det:
         for _ in range(2):  # second round replays captured graphs
             got = det.detect(imgs)
             for a, b in zip(expected, got, strict=True):
                 match_detections(a, b, box_tol=0.5, score_tol=1e-3)
+
+
+def test_tensorrt_rtx_runtime_cache_spares_the_next_process_its_kernel_compilation(tmp_path, fakes):
+    path = _fake_engine_file(tmp_path)
+    batch = np.zeros((2, 3, 128, 128), np.float32)
+    cache = tmp_path / "fake.engine.rtx-cache"  # beside the engine by default
+    for compilations, note in ((1, "created"), (0, "reused")):
+        FakeTrt.engine.compilations = 0
+        backend = TrtBackend.load(path)
+        backend.run(batch)
+        backend.run(batch)
+        assert FakeTrt.engine.compilations == compilations and backend.runtime_cache_note.endswith(note)
+        backend.close()
+        assert cache.read_bytes().startswith(b"retina-deploy/tensorrt-rtx-runtime-cache 1\n")
+    fakes.capability = (8, 9)  # another GPU: TensorRT-RTX does not load it; the file is replaced
+    FakeTrt.engine.compilations = 0
+    backend = TrtBackend.load(path)
+    backend.run(batch)
+    assert FakeTrt.engine.compilations == 1 and "another GPU" in backend.runtime_cache_note
+    backend.close()
+    assert b"sm89" in cache.read_bytes()
+
+
+def test_a_runtime_cache_file_that_is_not_ours_is_left_alone(tmp_path, fakes):
+    foreign = tmp_path / "kernels.bin"
+    foreign.write_bytes(b"someone else's file")
+    backend = TrtBackend.load(_fake_engine_file(tmp_path), runtime_cache=foreign)
+    backend.run(np.zeros((1, 3, 128, 128), np.float32))
+    backend.close()
+    assert foreign.read_bytes() == b"someone else's file" and "left alone" in backend.runtime_cache_note
+    TrtBackend.load(_fake_engine_file(tmp_path), runtime_cache=False).close()
+    assert not (tmp_path / "fake.engine.rtx-cache").exists()

@@ -49,14 +49,18 @@ def engine_file(tmp_path, monkeypatch):
     FakeTrt.engine = FakeEngine(cudart)
     monkeypatch.setattr(trt_backend, "import_tensorrt", lambda flavour: FakeTrt)
     monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
-    path = tmp_path / "fake.engine"
+    return _engine(tmp_path, "tensorrt-rtx"), cudart
+
+
+def _engine(folder, flavour):
+    path = folder / f"{flavour}.engine"
     path.write_bytes(b"fake serialized engine")
     write_manifest(
-        path, flavour="tensorrt-rtx", trt_version=FakeTrt.__version__, precision="fp16", batch_range=(1, 2, 4),
+        path, flavour=flavour, trt_version=FakeTrt.__version__, precision="fp16", batch_range=(1, 2, 4),
         input_size=(128, 128), onnx_sha256="0" * 64, class_names=["a", "b"], preprocess={"size": [128, 128]},
         postprocess=POST,
     )  # fmt: skip
-    return path, cudart
+    return path
 
 
 def test_events_split_each_run(engine_file):
@@ -82,3 +86,22 @@ def test_bench_target_reports_the_gpu_phases(engine_file):
     assert set(sw.phases) == {"preprocess", "h2d", "compute", "d2h", "postprocess"}
     assert sw.phases["compute"] == pytest.approx(0.002)
     target.close()
+
+
+@pytest.mark.parametrize("data_dependent", [False, True])
+def test_bench_says_whether_each_batch_ran_as_a_cuda_graph(engine_file, tmp_path, data_dependent):
+    from retina_deploy.runtime.bench_report import _graphs_label
+    from retina_deploy.runtime.bench_run import RunLength, measure
+
+    _, cudart = engine_file
+    FakeTrt.engine.data_dependent = data_dependent  # capture breaks, as on an engine with an NMS layer
+    target = DetectorTarget(_engine(tmp_path, "tensorrt"), backend="tensorrt", device="cuda:0", cuda_graphs=True)
+    images = [np.zeros((100, 120, 3), np.uint8)]
+    record = measure(target, 2, images, RunLength(warmup_s=0.0, duration_s=None, iterations=3))
+    target.close()
+    if data_dependent:
+        assert record["cuda_graphs"].startswith("not captured: execute_async_v3 failed during capture")
+        assert any("ran without one" in w for w in record["warnings"]) and _graphs_label(record) == ", no CUDA graph"
+    else:
+        assert record["cuda_graphs"] == "captured" and _graphs_label(record) == ", CUDA graph"
+        assert cudart.graph_launches > 0 and not any("CUDA graph" in w for w in record["warnings"])

@@ -62,7 +62,9 @@ std::vector<std::size_t> batched_nms(const std::vector<std::array<float, 4>>& bo
     std::vector<std::size_t> k = greedy(boxes, of_class, iou_thresh, max_keep);
     kept.insert(kept.end(), k.begin(), k.end());
   }
-  std::stable_sort(kept.begin(), kept.end(), [&](std::size_t a, std::size_t b) { return scores[a] > scores[b]; });
+  // Equal scores by candidate index, as the graph's final TopK and the Python runtime order them (not by class).
+  std::sort(kept.begin(), kept.end(),
+            [&](std::size_t a, std::size_t b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); });
   if (kept.size() > max_keep) kept.resize(max_keep);
   return kept;
 }

@@ -153,6 +153,11 @@ TEST(class_aware_nms_hand_cases) {
   const std::vector<std::array<float, 4>> half = {{0, 0, 10, 10}, {0, 0, 10, 5}, {3, 3, 3, 3}, {3, 3, 3, 3}};
   CHECK(batched_nms(half, {0.9f, 0.8f, 0.7f, 0.6f}, {0, 0, 0, 0}, 0.5f, 10).size() == 4);
   CHECK(batched_nms({}, {}, {}, 0.5f, 10).empty());
+  // Equal scores across classes come out by candidate index (the graph's TopK order), not by class:
+  // candidate 0 is class 1, candidate 1 class 0, both 0.5; a cut to one keeps candidate 0.
+  const std::vector<std::array<float, 4>> apart = {{0, 0, 10, 10}, {50, 50, 60, 60}};
+  CHECK(batched_nms(apart, {0.5f, 0.5f}, {1, 0}, 0.5f, 10) == (std::vector<std::size_t>{0, 1}));
+  CHECK(batched_nms(apart, {0.5f, 0.5f}, {1, 0}, 0.5f, 1) == (std::vector<std::size_t>{0}));
 }
 
 TEST(dense_topk_threshold_and_nms) {

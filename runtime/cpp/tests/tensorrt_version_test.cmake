@@ -1,0 +1,20 @@
+# cmake -DWORK_DIR=... -DMODULE=.../TensorRTVersion.cmake -P tensorrt_version_test.cmake
+# Headers of 10.3 with a 10.3.0 library pass; with a 10.13.0 library (another install) configure fails.
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}/include" "${WORK_DIR}/lib")
+file(WRITE "${WORK_DIR}/include/NvInferVersion.h" "#define NV_TENSORRT_MAJOR 10\n#define NV_TENSORRT_MINOR 3\n")
+file(WRITE "${WORK_DIR}/lib/libnvinfer.so.10.3.0" "")
+file(WRITE "${WORK_DIR}/lib/libnvinfer.so.10.13.0" "")
+file(WRITE "${WORK_DIR}/check.cmake" "include(\"${MODULE}\")\nretina_check_tensorrt_versions(\"\${INC}\" \"\${LIB}\")\n")
+foreach(case "10.3.0;0" "10.13.0;1")
+  list(GET case 0 version)
+  list(GET case 1 should_fail)
+  execute_process(COMMAND ${CMAKE_COMMAND} -DINC=${WORK_DIR}/include -DLIB=${WORK_DIR}/lib/libnvinfer.so.${version}
+                  -P "${WORK_DIR}/check.cmake" RESULT_VARIABLE rc ERROR_VARIABLE err)
+  string(REGEX REPLACE "[ \n]+" " " err "${err}")
+  if(should_fail AND (rc EQUAL 0 OR NOT err MATCHES "are 10.3 but .* is 10.13"))
+    message(FATAL_ERROR "headers 10.3 with library ${version} were accepted: ${err}")
+  elseif(NOT should_fail AND NOT rc EQUAL 0)
+    message(FATAL_ERROR "headers 10.3 with library ${version} were refused: ${err}")
+  endif()
+endforeach()
