@@ -133,7 +133,7 @@ def check_predict_out(
 ) -> Path:
     """``out_dir`` must be absent, empty, a previous predict's folder (detections.json) or ``overwrite``n,
     and hold none of ``inputs``; ConfigError otherwise."""
-    from retina_deploy.fileio import check_output_dir
+    from retina_deploy.outputs import check_output_dir
 
     out_dir = Path(out_dir)
     previous = (out_dir / "detections.json").is_file()

@@ -17,14 +17,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from retina_deploy.errors import ConfigError
-from retina_deploy.fileio import remove_stale_temporaries, temporary_sibling_dir
+from retina_deploy.fileio import remove_stale_temporaries, replace_dir, temporary_sibling_dir
 
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ring")
 IMAGES_DIRNAME = "images"
@@ -77,7 +76,7 @@ def make_shapes(
         _write_dataset(
             tmp, num_images=num_images, size=size, seed=seed, max_objects=max_objects, object_extent=object_extent
         )
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except OSError as e:  # a full disk, say: name the user's folder, not the temporary one
         raise OSError(e.errno, e.strerror or str(e), str(out_dir)) from e
     finally:
@@ -108,16 +107,6 @@ def check_object_extent(extent) -> tuple[float, float]:
     if not (0 < low <= high <= 1):  # also False for NaN
         raise ConfigError(f"object_extent must satisfy 0 < low <= high <= 1, got ({low}, {high})")
     return low, high
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.is_dir() and any(dst.iterdir()):
-        trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-        os.replace(dst, trash / dst.name)
-        os.replace(src, dst)
-        shutil.rmtree(trash)
-    else:
-        os.replace(src, dst)  # atomic; also replaces an empty folder
 
 
 def _write_dataset(
