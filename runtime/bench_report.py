@@ -229,6 +229,7 @@ def write_plot(report: dict, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     from retina_deploy.fileio import atomic_path
+
     series: dict[str, list[dict]] = {}
     for r in report["results"]:
         series.setdefault(f"{r['model']} [{r['backend']}, {r['precision']}]", []).append(r)

@@ -149,9 +149,9 @@ def test_cli(r18_exports, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "onnxruntime_onnx, max_batch_size 4" in done.stdout and "tritonserver --model-repository=" in done.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "exists" in again.stderr
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "pass --overwrite" in again.stderr
     bad = subprocess.run([*cmd, "--max-batch", "0"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("nms", ["onnx", "none"])
