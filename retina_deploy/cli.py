@@ -165,11 +165,12 @@ def _add_eval(sub) -> None:
 
 
 def _predict(args) -> int:
-    from retina_deploy.predict import check_predict_out, load_predictor, predict_files
+    from retina_deploy.predict import check_draw_thresh, check_predict_out, load_predictor, predict_files
 
     _check_batch_size(args.batch_size)
     _check_device(args.device)
-    check_predict_out(args.out, (args.model, *args.images), overwrite=args.overwrite)
+    check_draw_thresh(args.draw_thresh)
+    check_predict_out(args.out, args.images, inputs=(args.model,), overwrite=args.overwrite)
     predictor = load_predictor(args.model, device=args.device, backend=args.backend)
     records, errors = predict_files(
         predictor,
@@ -196,9 +197,11 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--draw-thresh", type=float, default=DEFAULT_DRAW_THRESH,
-                   help="draw boxes scoring at least this (`eval` prints the model's best-F1 threshold)")  # fmt: skip
+                   help="draw boxes scoring at least this, 0..1 (`eval` prints the best-F1 one)")  # fmt: skip
     p.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty --out that is not a previous predict's"
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out that is not a previous predict's (replacing only files predict wrote)",
     )
     _add_device_flags(p)
 

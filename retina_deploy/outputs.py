@@ -126,8 +126,8 @@ def marked_files(folder: PathLike, command: str) -> set[str]:
 
 def mark_folder(folder: PathLike, command: str, files: Iterable[str] = ()) -> None:
     """Create ``folder`` if needed and write ``command``'s marker into it, listing ``files`` it wrote there."""
-    text = f"written by `retina-deploy {command}`; it may replace what is listed here"
-    write_json_atomic(marker_path(folder, command), {"written_by": text, "files": sorted(set(files))})
+    note = f"written by `retina-deploy {command}`, which may replace this folder or the files listed"
+    write_json_atomic(marker_path(folder, command), {"note": note, "files": sorted(set(files))})
 
 
 def check_output_dir(
