@@ -223,7 +223,7 @@ API_CALLS = {
     ),
     "demo_into_a_project": (
         lambda ws: __import__("retina_deploy.demo", fromlist=["x"]).run_demo(ws / "run2", train_images=8, size=128),
-        "not a previous demo",
+        "was not written by `demo`",
     ),
     "demo_bad_size": (
         lambda ws: __import__("retina_deploy.demo", fromlist=["x"]).run_demo(ws / "run2", size=100),
