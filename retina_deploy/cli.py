@@ -70,7 +70,7 @@ def _add_make_shapes(sub) -> None:
             fmt=lambda v: " ".join(map(str, v)),
         ),
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder an earlier make-shapes wrote")
 
 
 # -- convert-weights -----------------------------------------------------------------------------

@@ -281,6 +281,16 @@ CASES = [
         ("--draw-thresh",),
         ["p"],
     ),
+    # make-shapes: --overwrite replaces only a dataset folder it wrote
+    ("make-shapes/overwrite_a_run", None, ["make-shapes", "run2", "--num-images", "2", "--overwrite"], ("run2",), []),
+    (
+        "make-shapes/overwrite_a_user_folder",
+        user_folder("proj"),
+        ["make-shapes", "proj", "--num-images", "2", "--overwrite"],
+        ("proj",),
+        [],
+    ),
+    ("make-shapes/num_images_abc", None, ["make-shapes", "out", "--num-images", "abc"], ("--num-images",), ["out"]),
     # serve: the parser's errors (the shared one-line parser)
     ("serve/port_abc", None, ["serve", "m.onnx", "--port", "abc"], ("--port",), []),
     ("serve/max_batch_1.5", None, ["serve", "m.onnx", "--max-batch", "1.5"], ("--max-batch",), []),
