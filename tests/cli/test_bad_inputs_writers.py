@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bad_input_helpers import (
+    TRAIN,
     assert_one_line_error,
     changed_files,
     fingerprint,
@@ -291,6 +292,9 @@ CASES = [
         [],
     ),
     ("make-shapes/num_images_abc", None, ["make-shapes", "out", "--num-images", "abc"], ("--num-images",), ["out"]),
+    # train: the same check of its run folder
+    ("train/out_unwritable", None, [*TRAIN, "--out", "/proc/R"], ("/proc",), []),
+    ("train/out_under_a_file", None, [*TRAIN, "--out", "m.onnx/R"], ("m.onnx",), []),
     # serve: the parser's errors (the shared one-line parser)
     ("serve/port_abc", None, ["serve", "m.onnx", "--port", "abc"], ("--port",), []),
     ("serve/max_batch_1.5", None, ["serve", "m.onnx", "--max-batch", "1.5"], ("--max-batch",), []),
