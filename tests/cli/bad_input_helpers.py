@@ -60,6 +60,21 @@ def assert_one_line_error(rc: int, err: str, names: tuple[str, ...] = (), status
     return lines[0]
 
 
+def check_refused_case(workspace: Path, capsys, case: tuple) -> None:
+    """Run one case (id, setup, argv, names, absent): one line naming ``names``, exit 1, no file changed,
+    no temporary left, none of ``absent`` created."""
+    _, setup, argv, names, absent = case
+    if setup is not None:
+        setup(workspace)
+    before = fingerprint(workspace)
+    rc, _, err = run_cli(capsys, argv)
+    assert_one_line_error(rc, err, names)
+    assert changed_files(before, fingerprint(workspace)) == []
+    assert temporaries(workspace) == []
+    for path in absent:
+        assert not (workspace / path).exists(), f"{path} was created"
+
+
 def replace_file(path: Path, data: bytes | str) -> None:
     """Give ``path`` new contents without writing through a hard link to the session's file."""
     path = Path(path)

@@ -23,6 +23,7 @@ from bad_input_helpers import (
     TRAIN,
     assert_one_line_error,
     changed_files,
+    check_refused_case,
     fingerprint,
     replace_file,
     run_cli,
@@ -327,16 +328,7 @@ def no_demo_stages(monkeypatch):
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_output_is_one_line_and_changes_nothing(workspace, capsys, no_demo_stages, case):
-    _, setup, argv, names, absent = case
-    if setup is not None:
-        setup(workspace)
-    before = fingerprint(workspace)
-    rc, _, err = run_cli(capsys, argv)
-    assert_one_line_error(rc, err, names)
-    assert changed_files(before, fingerprint(workspace)) == []
-    assert temporaries(workspace) == []
-    for path in absent:
-        assert not (workspace / path).exists(), f"{path} was created"
+    check_refused_case(workspace, capsys, case)
 
 
 # -- the GPU check (its own command: exit status 2 for bad arguments) --------------------------------
