@@ -183,12 +183,11 @@ def format_table(report: dict) -> str:
 PLOT_SOFTWARE = "retina-deploy bench"  # a PNG's "Software" text chunk: marks a plot this command may replace
 
 
-def _matplotlib():
+def _matplotlib() -> None:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
-        return matplotlib
     except ImportError as e:
         from retina_deploy.errors import ConfigError
 
@@ -206,6 +205,8 @@ def plot_suffixes() -> tuple[str, ...]:
 def is_bench_report(path: Path) -> bool:
     """Whether ``path`` holds a JSON report of this schema (an earlier ``bench --json``, which may be replaced)."""
     try:
+        if path.stat().st_size > 64 << 20:  # reports are kilobytes; a large file is something else
+            return False
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
@@ -224,7 +225,8 @@ def is_bench_plot(path: Path) -> bool:
 
 
 def write_plot(report: dict, path: str | os.PathLike) -> Path:
-    """A PNG: latency (median, p90, p99) and images/s against batch size, one colour per model."""
+    """A PNG (or the format of ``path``'s suffix, one of ``plot_suffixes()``), written atomically: latency
+    (median, p90, p99) and images/s against batch size, one colour per model."""
     _matplotlib()
     import matplotlib.pyplot as plt
 
