@@ -39,8 +39,8 @@ from retina_deploy.export.postprocess import (
     EfficientNmsHead,
     OnnxNmsHead,
 )
-from retina_deploy.fileio import check_output_file
 from retina_deploy.model.anchors import anchors_for_grids, grids_for_input
+from retina_deploy.outputs import check_output_file
 from retina_deploy.runtime.onnx_metadata import (
     DENSE_OUTPUTS,
     DETECTION_OUTPUTS,

@@ -16,14 +16,14 @@ parameters are the keys ``runtime.triton_backend`` reads to rebuild the ``ModelS
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from retina_deploy import __version__
 from retina_deploy.errors import ConfigError, ModelFileError
-from retina_deploy.fileio import sha256_file
+from retina_deploy.fileio import replace_dir, sha256_file, temporary_sibling_dir
+from retina_deploy.outputs import check_output_dir, mark_folder
 from retina_deploy.runtime.manifest import read_verified_engine
 from retina_deploy.runtime.onnx_metadata import DENSE_OUTPUTS, DETECTION_OUTPUTS, INPUT_NAME
 from retina_deploy.runtime.triton_backend import spec_parameters
@@ -31,13 +31,16 @@ from retina_deploy.runtime.triton_backend import spec_parameters
 # ONNX TensorProto element types -> Triton data types (the ones our graphs use at their boundary).
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT64", 2: "TYPE_UINT8", 9: "TYPE_BOOL"}
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+MAX_QUEUE_DELAY_US = 60_000_000  # a minute: past every client's timeout (Triton's field is a uint64)
+COMMAND = "triton-repo"  # the marker in each model folder written, the only kind --overwrite replaces
 
 
 @dataclass(frozen=True)
 class TritonRepoConfig:
     """name: the model's name (folder, URL). max_batch: Triton's max_batch_size (None: the model's max).
     instances: instances per GPU (or on the CPU). kind: "gpu" or "cpu". queue_delay_us: longest time
-    Triton holds a request to fill a batch. overwrite: replace an existing model folder."""
+    Triton holds a request to fill a batch (at most a minute). overwrite: replace a model folder that
+    ``triton-repo`` wrote (never another folder)."""
 
     name: str = "retinanet"
     max_batch: int | None = None
@@ -55,6 +58,8 @@ class TritonRepoConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{field} must be an integer >= {low}, got {value!r}")
+        if self.queue_delay_us > MAX_QUEUE_DELAY_US:
+            raise ConfigError(f"queue_delay_us must be <= {MAX_QUEUE_DELAY_US} (a minute), got {self.queue_delay_us}")
         if self.kind not in ("gpu", "cpu"):
             raise ConfigError(f"kind must be 'gpu' or 'cpu', got {self.kind!r}")
 
@@ -81,12 +86,17 @@ def write_triton_repo(model: Path, out_dir: Path, cfg: TritonRepoConfig | None =
     """Write ``out_dir/<name>/`` for ``model`` (.onnx or .engine/.plan); see the module docstring.
 
     Raises ModelFileError (missing, foreign or tampered file; an ONNX file with a TensorRT plugin
-    node; a TensorRT-RTX engine) and ConfigError (max_batch above the model's, folder exists).
+    node; a TensorRT-RTX engine) and ConfigError (max_batch above the model's; the model folder
+    exists and is not one ``triton-repo`` wrote, or is and ``overwrite`` is off; ``out_dir`` a file or
+    unwritable), all before anything is written. Files and folders get the umask's usual modes.
     """
     cfg = cfg or TritonRepoConfig()
     model = Path(model)
     if not model.is_file():
         raise ModelFileError(f"{model}: no such model file")
+    final = Path(out_dir) / cfg.name
+    check_output_dir(out_dir, flag="OUT_DIR", foreign_ok=True)  # the repository: other models, the input too
+    check_output_dir(final, inputs=(model,), flag="the model folder", command=COMMAND, overwrite=cfg.overwrite)
     if model.suffix == ".onnx":
         source = _onnx_source(model)
     elif model.suffix in (".engine", ".plan"):
@@ -100,21 +110,17 @@ def write_triton_repo(model: Path, out_dir: Path, cfg: TritonRepoConfig | None =
     if max_batch > model_max:
         raise ConfigError(f"max_batch {max_batch} exceeds the model's maximum batch {model_max}")
     text = config_pbtxt(cfg, source, max_batch)
-    final = Path(out_dir) / cfg.name
-    if final.exists() and not cfg.overwrite:
-        raise ConfigError(f"{final} exists; choose another --name or pass --overwrite")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.", dir=out_dir))
+    staging = temporary_sibling_dir(final)  # mode 0777 less the umask, as any folder (mkdtemp's is 0700)
     try:
+        mark_folder(staging, COMMAND)
         (staging / "1").mkdir()
         (staging / "1" / source["file_name"]).write_bytes(source["data"])
         (staging / "config.pbtxt").write_text(text, encoding="utf-8")
         repo = Path(out_dir).resolve()
         command = f"tritonserver --model-repository={repo}"
         (staging / "README.md").write_text(_readme(cfg, source, max_batch, repo), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        replace_dir(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return TritonRepoResult(final, final / "config.pbtxt", source["platform"], max_batch, command)

@@ -13,7 +13,14 @@ from pathlib import Path
 
 from retina_deploy import __version__
 from retina_deploy.cli_bench import add_bench
-from retina_deploy.cli_common import HelpFormatter, LibraryDefault, add_verb, given_options, progress_enabled
+from retina_deploy.cli_common import (
+    HelpFormatter,
+    LibraryDefault,
+    OneLineParser,
+    add_verb,
+    given_options,
+    progress_enabled,
+)
 from retina_deploy.cli_engine import add_build_engine
 from retina_deploy.cli_serve import add_serve, add_triton_repo
 from retina_deploy.cli_train import add_train_arguments, run_train
@@ -63,7 +70,7 @@ def _add_make_shapes(sub) -> None:
             fmt=lambda v: " ".join(map(str, v)),
         ),
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder an earlier make-shapes wrote")
 
 
 # -- convert-weights -----------------------------------------------------------------------------
@@ -71,11 +78,11 @@ def _add_make_shapes(sub) -> None:
 
 def _convert_weights(args) -> int:
     from retina_deploy.convert import convert_torchvision
-    from retina_deploy.fileio import check_output_dir
+    from retina_deploy.outputs import check_output_dir
     from retina_deploy.runtime.preprocess import PreprocessConfig
 
     preprocess = PreprocessConfig(size=tuple(args.size))
-    check_output_dir(args.out, inputs=(args.src, args.class_names), flag="OUT", may_replace=args.overwrite)
+    check_output_dir(args.out, inputs=(args.src, args.class_names), flag="OUT", foreign_ok=args.overwrite)
     names = None
     if args.class_names:
         try:
@@ -119,17 +126,18 @@ def _add_device_flags(p) -> None:
 def _eval(args) -> int:
     from retina_deploy.data.coco import load_coco
     from retina_deploy.evaluate import best_f1_threshold, format_metrics_table, format_operating_point
-    from retina_deploy.fileio import check_output_file, write_json_atomic
+    from retina_deploy.fileio import write_json_atomic
+    from retina_deploy.outputs import check_distinct, check_output_file
     from retina_deploy.predict import evaluate_predictor, load_predictor
 
     _check_batch_size(args.batch_size)
     _check_device(args.device)
     inputs = (args.model, args.images, args.annotations)
-    for flag, out in (("--json", args.json), ("--results", args.results)):
+    outputs = (("--json", args.json), ("--results", args.results))
+    for flag, out in outputs:
         if out is not None:
             check_output_file(out, inputs=inputs, flag=flag)
-    if args.json is not None and args.results is not None and args.json.resolve() == args.results.resolve():
-        raise RetinaDeployError(f"--json and --results name the same file {args.json}")
+    check_distinct(outputs)
     predictor = load_predictor(args.model, device=args.device, backend=args.backend)
     coco = load_coco(args.images, args.annotations)
     metrics, results = evaluate_predictor(predictor, coco, batch_size=args.batch_size, progress=progress_enabled())
@@ -157,11 +165,12 @@ def _add_eval(sub) -> None:
 
 
 def _predict(args) -> int:
-    from retina_deploy.predict import check_predict_out, load_predictor, predict_files
+    from retina_deploy.predict import check_draw_thresh, check_predict_out, load_predictor, predict_files
 
     _check_batch_size(args.batch_size)
     _check_device(args.device)
-    check_predict_out(args.out, (args.model, *args.images), overwrite=args.overwrite)
+    check_draw_thresh(args.draw_thresh)
+    check_predict_out(args.out, args.images, inputs=(args.model,), overwrite=args.overwrite)
     predictor = load_predictor(args.model, device=args.device, backend=args.backend)
     records, errors = predict_files(
         predictor,
@@ -188,9 +197,11 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--draw-thresh", type=float, default=DEFAULT_DRAW_THRESH,
-                   help="draw boxes scoring at least this (`eval` prints the model's best-F1 threshold)")  # fmt: skip
+                   help="draw boxes scoring at least this, 0..1 (`eval` prints the best-F1 one)")  # fmt: skip
     p.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty --out that is not a previous predict's"
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out that is not a previous predict's (replacing only files predict wrote)",
     )
     _add_device_flags(p)
 
@@ -295,7 +306,7 @@ def _add_demo(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="retina-deploy",
         description="RetinaNet from PyTorch training to TensorRT / ONNX Runtime inference.",
         epilog=EPILOG,

@@ -20,9 +20,7 @@ def run_bench_cli(args) -> int:
 
     if args.iterations is not None and args.duration_s_given:
         raise ConfigError("give one of --duration-s and --iterations")
-    for flag, out in (("--json", args.json), ("--plot", args.plot)):
-        if out is not None and (out.is_dir() or not out.parent.is_dir()):
-            raise ConfigError(f"{flag} {out}: not a file in an existing folder")
+    check_bench_outputs(args)
     length = RunLength(
         warmup_s=args.warmup_s,
         duration_s=None if args.iterations is not None else args.duration_s,
@@ -52,6 +50,20 @@ def run_bench_cli(args) -> int:
     if args.plot:
         print(f"wrote {write_plot(report, args.plot)}")
     return 0
+
+
+def check_bench_outputs(args) -> None:
+    """--json and --plot: not an input, not each other, not a file bench did not write, a writable place
+    and (--plot) a format matplotlib writes; checked before any model is loaded."""
+    from retina_deploy.outputs import check_distinct, check_output_file
+    from retina_deploy.runtime.bench_report import is_bench_plot, is_bench_report, plot_suffixes
+
+    inputs = (*args.models, args.images)
+    if args.json is not None:
+        check_output_file(args.json, inputs=inputs, flag="--json", ours=is_bench_report)
+    if args.plot is not None:
+        check_output_file(args.plot, inputs=inputs, flag="--plot", ours=is_bench_plot, suffixes=plot_suffixes())
+    check_distinct((("--json", args.json), ("--plot", args.plot)))
 
 
 class _DurationAction(argparse.Action):
@@ -91,5 +103,7 @@ def add_bench(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-peak-probe", action="store_true", help="skip the CPU's 1-second matmul peak probe")
     p.add_argument("--cv-warn-pct", type=float, default=5.0, help="warn above this latency CV (%%)")
     p.add_argument("--json", type=Path, help="write the report here (schema: README, Benchmarking)")
-    p.add_argument("--plot", type=Path, help="write latency and throughput against batch size here (PNG)")
+    p.add_argument(
+        "--plot", type=Path, help="write latency and throughput against batch size here (.png; .pdf, .svg... work too)"
+    )
     return p

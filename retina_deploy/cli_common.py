@@ -20,6 +20,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return help_
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line, ``PROG: error: MESSAGE``, and exit ``error_status``
+    (the toolkit's status for bad input); ``--help`` is argparse's own. Sub-command parsers made by
+    ``add_subparsers`` are of the same class."""
+
+    error_status = 1
+
+    def error(self, message: str):
+        self.exit(self.error_status, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def progress_enabled() -> bool:
     """Progress bars on an interactive terminal, never under CI."""
     return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")

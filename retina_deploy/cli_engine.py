@@ -13,7 +13,7 @@ def _build_engine(args) -> int:
     from retina_deploy.calib.int8 import CalibConfig
     from retina_deploy.calib.quantize import Int8Config
     from retina_deploy.export.engine_builder import EngineBuildConfig, build_engine
-    from retina_deploy.fileio import check_output_file
+    from retina_deploy.outputs import check_output_file
 
     inputs = (args.onnx, args.calib_annotations, args.val_annotations)
     check_output_file(args.out, inputs=inputs, flag="OUT")

@@ -15,9 +15,9 @@ import torch
 from retina_deploy.checkpoint import save_checkpoint
 from retina_deploy.config import ModelConfig
 from retina_deploy.errors import CheckpointError
-from retina_deploy.fileio import check_output_dir
 from retina_deploy.model import build_model
 from retina_deploy.model.weights import load_state_dict_strict, read_state_dict
+from retina_deploy.outputs import check_output_dir
 from retina_deploy.runtime.preprocess import PreprocessConfig
 
 # Blocks per stage (layer1..layer4) and whether blocks are bottlenecks (have conv3).
@@ -99,7 +99,7 @@ def convert_torchvision(
 
     ``out_dir`` must be absent or empty (``overwrite``: replace the checkpoint in it), and never hold ``src``.
     """
-    check_output_dir(out_dir, inputs=(src,), flag="OUT", may_replace=overwrite)
+    check_output_dir(out_dir, inputs=(src,), flag="OUT", foreign_ok=overwrite)
     state = upgrade_torchvision_keys(read_state_dict(src))
     try:
         cfg = infer_model_config(state)

@@ -26,9 +26,11 @@ from retina_deploy import demo_stages as st
 from retina_deploy.demo_stages import DemoContext, StageDone, train_config
 from retina_deploy.errors import ConfigError
 from retina_deploy.fileio import write_json_atomic
+from retina_deploy.outputs import check_output_dir, mark_folder, marker_path, remove_marked_dir
 
 SUMMARY = "summary.json"
-MARKER = ".retina-deploy-demo"  # written first: marks a folder this command created and may replace
+COMMAND = "demo"  # its marker, written first, marks a folder this command created and may replace
+MARKER = marker_path("", COMMAND).name
 FORMAT, FORMAT_VERSION = "retina-deploy/demo", 1
 
 
@@ -164,20 +166,16 @@ class Stage:
 def _prepare_out(out: Path, *, keep: bool = False) -> dict[str, Any] | None:
     """Mark ``out`` as the demo's folder; return the previous demo's summary when ``keep``, else empty it first.
 
-    Refuses (ConfigError) a file, or a non-empty folder that is not a previous demo's.
+    Refuses (ConfigError) a file, or a non-empty folder without the demo's marker (what it holds, a
+    summary.json or a run/, does not make it the demo's).
     """
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
+    check_output_dir(out, command=COMMAND, reuse=True)
     previous = None
     if out.is_dir() and any(out.iterdir()):
-        earlier = (out / SUMMARY).is_file() and (out / "run" / "config.json").is_file()  # before the marker
-        if not ((out / MARKER).is_file() or earlier):
-            raise ConfigError(f"--out {out} is not empty and not a previous demo's folder; choose another --out")
         previous = _read_summary(out) if keep else None
         if not keep:
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by `retina-deploy demo`; the next demo run may replace this folder\n")
+            remove_marked_dir(out, COMMAND)
+    mark_folder(out, COMMAND)
     return previous
 
 

@@ -143,60 +143,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _is_within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename the folder ``src`` onto ``dst``; a non-empty ``dst`` is moved aside first, then deleted.
 
-
-def _is_checkpoint_dir(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-
-
-def check_output_file(
-    out: str | os.PathLike, *, inputs: tuple[str | os.PathLike | None, ...] = (), flag: str = "OUT"
-) -> Path:
-    """Refuse an output file that is one of ``inputs``, an existing file in an input folder, a folder, or a
-    checkpoint's config.json / model.safetensors.
-
-    Called before anything is written; raises ConfigError naming ``flag`` and the path. Returns ``out``.
+    ``dst`` is never half-replaced: it is the old folder until the last rename, then the new one.
     """
-    from retina_deploy.errors import ConfigError
-
-    out = Path(out)
-    target = out.resolve()
-    for given in inputs:
-        if given is None:
-            continue
-        source = Path(given).resolve()
-        if target == source or (source.is_dir() and _is_within(target, source) and target.exists()):
-            raise ConfigError(f"{flag} {out} would overwrite the input {given}; choose another path")
-    if out.is_dir():
-        raise ConfigError(f"{flag} {out} is a folder; give a file name")
-    if target.name in ("config.json", "model.safetensors") and _is_checkpoint_dir(target.parent):
-        raise ConfigError(f"{flag} {out} is a file of the checkpoint {out.parent}; choose another path")
-    return out
-
-
-def check_output_dir(
-    out: str | os.PathLike,
-    *,
-    inputs: tuple[str | os.PathLike | None, ...] = (),
-    flag: str = "--out",
-    may_replace: bool = False,
-) -> Path:
-    """Refuse an output folder that is a file, holds (or is) an input, or is non-empty without ``may_replace``.
-
-    ``may_replace`` is the command's ``--overwrite`` or its own test that the folder is its earlier
-    output. Called before anything is written; raises ConfigError naming ``flag``. Returns ``out``.
-    """
-    from retina_deploy.errors import ConfigError
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{flag} {out} exists and is not a folder")
-    target = out.resolve()
-    for given in inputs:
-        if given is not None and _is_within(Path(given).resolve(), target):
-            raise ConfigError(f"{flag} {out} holds the input {given}; choose another folder")
-    if out.is_dir() and not may_replace and any(out.iterdir()):
-        raise ConfigError(f"{flag} {out} is not empty; choose another folder (or --overwrite where offered)")
-    return out
+    src, dst = Path(src), Path(dst)
+    if dst.is_dir() and any(dst.iterdir()):
+        trash = temporary_sibling_dir(dst)
+        os.replace(dst, trash / dst.name)
+        os.replace(src, dst)
+        shutil.rmtree(trash)
+    else:
+        os.replace(src, dst)  # atomic; also replaces an empty folder

@@ -30,6 +30,7 @@ STATS = {"n": int, "min", "mean", "median", "p90", "p95", "p99", "max", "std": f
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -188,17 +189,58 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_plot(report: dict, path: str | os.PathLike) -> Path:
-    """A PNG: latency (median, p90, p99) and images/s against batch size, one colour per model."""
+PLOT_SOFTWARE = "retina-deploy bench"  # a PNG's "Software" text chunk: marks a plot this command may replace
+
+
+def _matplotlib() -> None:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError as e:
         from retina_deploy.errors import ConfigError
 
         raise ConfigError(f"--plot needs matplotlib (pip install 'retina-deploy[bench]'): {e}") from e
+
+
+def plot_suffixes() -> tuple[str, ...]:
+    """The file suffixes (".png", ".pdf", ...) the plot can be written as; ConfigError without matplotlib."""
+    _matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return tuple(sorted("." + ext for ext in FigureCanvasBase.get_supported_filetypes()))
+
+
+def is_bench_report(path: Path) -> bool:
+    """Whether ``path`` holds a JSON report of this schema (an earlier ``bench --json``, which may be replaced)."""
+    try:
+        if path.stat().st_size > 64 << 20:  # reports are kilobytes; a large file is something else
+            return False
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("schema") == SCHEMA
+
+
+def is_bench_plot(path: Path) -> bool:
+    """Whether ``path`` is a PNG written by ``write_plot`` (its "Software" text chunk)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get("Software") == PLOT_SOFTWARE
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
+
+
+def write_plot(report: dict, path: str | os.PathLike) -> Path:
+    """A PNG (or the format of ``path``'s suffix, one of ``plot_suffixes()``), written atomically: latency
+    (median, p90, p99) and images/s against batch size, one colour per model."""
+    _matplotlib()
+    import matplotlib.pyplot as plt
+
+    from retina_deploy.fileio import atomic_path
+
     series: dict[str, list[dict]] = {}
     for r in report["results"]:
         series.setdefault(f"{r['model']} [{r['backend']}, {r['precision']}]", []).append(r)
@@ -227,7 +269,11 @@ def write_plot(report: dict, path: str | os.PathLike) -> Path:
     fig.suptitle(f"retina-deploy bench, {device}, {report['created'][:10]}, end to end (pre + inference + post)")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fmt = path.suffix[1:].lower() or "png"
+    metadata = {"Software": PLOT_SOFTWARE} if fmt == "png" else None
+    try:
+        with atomic_path(path) as tmp:  # the format from the final name: the temporary one ends in .tmp
+            fig.savefig(tmp, dpi=110, format=fmt, metadata=metadata)
+    finally:
+        plt.close(fig)
     return path

@@ -17,14 +17,14 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from retina_deploy.errors import ConfigError
-from retina_deploy.fileio import remove_stale_temporaries, temporary_sibling_dir
+from retina_deploy.fileio import remove_stale_temporaries, replace_dir, temporary_sibling_dir
+from retina_deploy.outputs import check_output_dir, mark_folder
 
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ring")
 IMAGES_DIRNAME = "images"
@@ -34,6 +34,7 @@ MIN_SIZE = 32
 MAX_SIZE = 4096  # one RGB image of 4096 x 4096 is 50 MB in memory; larger is a typo
 OBJECT_EXTENT = (0.08, 0.6)  # shape diameter as a fraction of the image's shorter side
 MIN_VISIBLE = 0.6  # a new shape may not hide more than 40% of an earlier one
+COMMAND = "make-shapes"  # the marker of its folders, the only ones --overwrite replaces
 PLACEMENT_TRIES = 10
 MIN_COLOUR_DISTANCE = 90.0  # RGB L2 distance between a shape and its background's mean colour
 
@@ -51,33 +52,31 @@ def make_shapes(
     """Write a synthetic shapes dataset in COCO format and return ``out_dir``.
 
     Args:
-        out_dir: destination folder; created. It must be absent or empty unless ``overwrite``.
+        out_dir: destination folder; created. It must be absent, empty, or (with ``overwrite``) a
+            folder make-shapes wrote (its marker file ``.retina-deploy-make-shapes``).
         num_images: number of images (>= 1); about 8% of them contain no object.
         size: longest image side in pixels (>= 32); the other side is in [0.75 * size, size].
         seed: any non-negative integer; image ``i`` depends only on (seed, i).
         max_objects: at most this many shapes per image (>= 1).
         object_extent: (low, high) shape diameter as a fraction of the image's shorter side, drawn
             log-uniformly; 0 < low <= high <= 1. Small images need a larger ``low``: at 128 px, 0.08 is a 10-px shape.
-        overwrite: replace an existing non-empty ``out_dir``.
+        overwrite: replace an earlier make-shapes folder (never another folder).
 
     The folder appears complete or not at all: everything is written into a temporary sibling folder
     that is renamed onto ``out_dir`` at the end.
     """
     _check_args(num_images, size, seed, max_objects)
     object_extent = check_object_extent(object_extent)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"{out_dir} exists and is not empty; remove it, choose another folder, or overwrite")
+    out_dir = check_output_dir(out_dir, flag="OUT", command=COMMAND, overwrite=overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)  # a killed earlier run's half-written folder
     tmp = temporary_sibling_dir(out_dir)
     try:
+        mark_folder(tmp, COMMAND)
         _write_dataset(
             tmp, num_images=num_images, size=size, seed=seed, max_objects=max_objects, object_extent=object_extent
         )
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except OSError as e:  # a full disk, say: name the user's folder, not the temporary one
         raise OSError(e.errno, e.strerror or str(e), str(out_dir)) from e
     finally:
@@ -108,16 +107,6 @@ def check_object_extent(extent) -> tuple[float, float]:
     if not (0 < low <= high <= 1):  # also False for NaN
         raise ConfigError(f"object_extent must satisfy 0 < low <= high <= 1, got ({low}, {high})")
     return low, high
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.is_dir() and any(dst.iterdir()):
-        trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-        os.replace(dst, trash / dst.name)
-        os.replace(src, dst)
-        shutil.rmtree(trash)
-    else:
-        os.replace(src, dst)  # atomic; also replaces an empty folder
 
 
 def _write_dataset(

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
-from retina_deploy.gpucheck.check import DEFAULT_MINUTES, PARTS, REPORT_NAME, CheckOptions, run_check, select_parts
+from retina_deploy.cli_common import OneLineParser
+from retina_deploy.gpucheck.check import COMMAND, DEFAULT_MINUTES, PARTS, CheckOptions, run_check, select_parts
+from retina_deploy.outputs import check_output_dir, remove_marked_dir
+
+
+class _Parser(OneLineParser):
+    error_status = 2  # the check's own statuses: 1 is a part that ran and disagreed
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m retina_deploy.gpucheck",
         description="Exercise every GPU path of the toolkit in a few minutes and write one JSON report."
         " Parts that cannot run here are skipped with the reason; exit 1 only if a part ran and disagreed.",
@@ -31,36 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"soft deadline (default: {DEFAULT_MINUTES['full']} full, {DEFAULT_MINUTES['quick']} quick);"
         " a step still running 40 s later is stopped",
     )
-    p.add_argument("--overwrite", action="store_true", help=f"reuse an output folder holding an earlier {REPORT_NAME}")
+    p.add_argument("--overwrite", action="store_true", help="replace an output folder of an earlier check (only that)")
     return p
 
 
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """The output folder must be new or empty; --overwrite clears one that holds an earlier report (only that)."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    if not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    if not (out / REPORT_NAME).is_file():
-        raise ValueError(f"--out {out} is not empty and holds no {REPORT_NAME}; choose another folder")
-    if not overwrite:
-        raise ValueError(f"--out {out} holds an earlier report; pass --overwrite to replace it, or another --out")
-    import shutil
-
-    shutil.rmtree(out)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Every argument is checked before the earlier output folder (``--overwrite``) is removed."""
     args = build_parser().parse_args(argv)
     mode = "quick" if args.quick else "cpu-dry-run" if args.cpu_dry_run else "full"
     try:
         parts = select_parts(args.parts)
-        check_out_dir(args.out, args.overwrite)
-        if args.max_minutes is not None and not args.max_minutes > 0:
-            raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
-    except ValueError as e:
+        if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes > 0):
+            raise ValueError(f"--max-minutes must be a finite number > 0, got {args.max_minutes}")
+        check_output_dir(args.out, command=COMMAND, overwrite=args.overwrite)
+    except ValueError as e:  # ConfigError is one
         print(f"gpucheck: error: {e}", file=sys.stderr)
         return 2
+    if args.out.is_dir() and any(args.out.iterdir()):
+        remove_marked_dir(args.out, COMMAND)
     minutes = args.max_minutes or DEFAULT_MINUTES[mode]
     return run_check(CheckOptions(out=args.out.resolve(), mode=mode, parts=parts, minutes=minutes))
 

@@ -39,6 +39,7 @@ from retina_deploy.gpucheck.report import (
     run_part,
     write_report,
 )
+from retina_deploy.outputs import mark_folder
 
 # In running order: the cheap and most telling first, torch.compile (minutes of compiling) last.
 PARTS: dict[str, Callable[..., None]] = {
@@ -57,6 +58,7 @@ PARTS: dict[str, Callable[..., None]] = {
 DEFAULT_MINUTES = {"full": 7.0, "quick": 2.3, "cpu-dry-run": 4.0}
 GRACE_S = 40.0
 REPORT_NAME = "gpu-check.json"
+COMMAND = "gpucheck"  # the marker of an output folder
 LOG_NAME = "gpu-check.log"
 CACHE_VARS = {
     "TORCHINDUCTOR_CACHE_DIR": "inductor",
@@ -79,11 +81,15 @@ class CheckOptions:
 
 
 def select_parts(spec: str | None) -> tuple[str, ...]:
-    """Part names from a comma-separated list of names or prefixes ("train" = every train.* part)."""
-    if not spec:
+    """Part names from a comma-separated list of names or prefixes ("train" = every train.* part);
+    None: all of them. ValueError for an unknown name, or a list naming none ("", ",")."""
+    if spec is None:
         return tuple(PARTS)
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
+        raise ValueError(f"--parts {spec!r} names no part; parts: {', '.join(PARTS)}")
     chosen = []
-    for item in (s.strip() for s in spec.split(",") if s.strip()):
+    for item in items:
         found = [name for name in PARTS if name == item or name.startswith(item + ".")]
         if not found:
             raise ValueError(f"unknown part {item!r}; parts: {', '.join(PARTS)}")
@@ -159,7 +165,7 @@ def _watchdog(progress: _Progress, hard_deadline: float) -> None:
 def run_check(options: CheckOptions) -> int:
     """Run ``options.parts``; returns the exit status (1 if a part failed or errored, else 0)."""
     started = time.monotonic()
-    options.out.mkdir(parents=True, exist_ok=True)
+    mark_folder(options.out, COMMAND)  # first: marks the folder a later --overwrite may replace
     confine_writes(options.out)
     attach_log(options.out)
     ctx = CheckContext(out=options.out, mode=options.mode)

@@ -40,12 +40,14 @@ RUN_CONFIG_KEYS = ("format", "format_version", "train", "model", "class_names", 
 
 
 def check_new_run_dir(out: Path) -> None:
-    """A new run needs ``out`` absent or an empty folder; anything else might be a previous run."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
+    """A new run needs ``out`` absent or an empty folder (anything else might be a previous run), in a
+    place it can write (``retina_deploy.outputs``)."""
+    from retina_deploy.outputs import check_output_dir
+
     if out.is_dir() and any(out.iterdir()):
         what = "a previous run" if (out / CONFIG_NAME).is_file() else "files"
         raise ConfigError(f"--out {out} already holds {what}; use --resume {out} to continue it, or another --out")
+    check_output_dir(out, flag="--out")
 
 
 def remove_failed_start(run_dir: Path, *, remove_dir: bool) -> None:

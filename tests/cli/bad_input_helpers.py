@@ -38,21 +38,41 @@ def temporaries(root: Path) -> list[str]:
 
 
 def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``retina-deploy ARGV`` run in this process; an argument-parser
+    error exits (SystemExit) and its status is returned like any other."""
     capsys.readouterr()
-    rc = main([str(a) for a in argv])
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 
 
-def assert_one_line_error(rc: int, err: str, names: tuple[str, ...] = ()) -> str:
-    """Exit 1, exactly one line on stderr, no traceback, naming each of ``names``; returns the line."""
+def assert_one_line_error(rc: int, err: str, names: tuple[str, ...] = (), status: int = 1) -> str:
+    """Exit ``status``, exactly one line on stderr, no traceback, naming each of ``names``; returns the line."""
     lines = err.strip().splitlines()
-    assert rc == 1, f"exit status {rc}, stderr: {err!r}"
+    assert rc == status, f"exit status {rc}, stderr: {err!r}"
     assert "Traceback" not in err, err
     assert len(lines) == 1, f"{len(lines)} lines on stderr: {err!r}"
     for name in names:
         assert name in lines[0], f"{name!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def check_refused_case(workspace: Path, capsys, case: tuple) -> None:
+    """Run one case (id, setup, argv, names, absent): one line naming ``names``, exit 1, no file changed,
+    no temporary left, none of ``absent`` created."""
+    _, setup, argv, names, absent = case
+    if setup is not None:
+        setup(workspace)
+    before = fingerprint(workspace)
+    rc, _, err = run_cli(capsys, argv)
+    assert_one_line_error(rc, err, names)
+    assert changed_files(before, fingerprint(workspace)) == []
+    assert temporaries(workspace) == []
+    for path in absent:
+        assert not (workspace / path).exists(), f"{path} was created"
 
 
 def replace_file(path: Path, data: bytes | str) -> None:

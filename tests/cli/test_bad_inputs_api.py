@@ -223,7 +223,7 @@ API_CALLS = {
     ),
     "demo_into_a_project": (
         lambda ws: __import__("retina_deploy.demo", fromlist=["x"]).run_demo(ws / "run2", train_images=8, size=128),
-        "not a previous demo",
+        "was not written by `demo`",
     ),
     "demo_bad_size": (
         lambda ws: __import__("retina_deploy.demo", fromlist=["x"]).run_demo(ws / "run2", size=100),
@@ -247,14 +247,14 @@ API_CALLS = {
         "--iters",
     ),
     "check_output_file_is_input": (
-        lambda ws: __import__("retina_deploy.fileio", fromlist=["x"]).check_output_file(
+        lambda ws: __import__("retina_deploy.outputs", fromlist=["x"]).check_output_file(
             ws / "m.onnx", inputs=(ws / "m.onnx",)
         ),
         "would overwrite",
     ),
     "check_output_dir_holds_input": (
-        lambda ws: __import__("retina_deploy.fileio", fromlist=["x"]).check_output_dir(
-            ws / "data", inputs=(ws / "data/annotations.json",), may_replace=True
+        lambda ws: __import__("retina_deploy.outputs", fromlist=["x"]).check_output_dir(
+            ws / "data", inputs=(ws / "data/annotations.json",), foreign_ok=True
         ),
         "holds the input",
     ),

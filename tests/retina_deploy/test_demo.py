@@ -128,11 +128,11 @@ def test_rerun_skips_done_stages_and_redoes_changed_ones(demo):
 
 def test_demo_refuses_a_foreign_folder(tmp_path, capsys):
     (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(ConfigError, match="not a previous demo"):
+    with pytest.raises(ConfigError, match="was not written by `demo`"):
         run_demo(tmp_path, **TINY)
     assert main(["demo", "--out", str(tmp_path)]) == 1
     assert (tmp_path / "precious.txt").read_text() == "keep me"
-    assert "not a previous demo" in capsys.readouterr().err
+    assert "was not written by `demo`" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,7 @@ def test_bad_arguments_exit_2(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file.txt").write_text("not ours")
     done, _ = run_check(tmp_path, "--out", "busy", "--parts", "env")
-    assert done.returncode == 2 and "holds no gpu-check.json" in done.stderr
+    assert done.returncode == 2 and "was not written by `gpucheck`" in done.stderr
     done, _ = run_check(tmp_path, "--parts", "nope")
     assert done.returncode == 2 and "unknown part 'nope'" in done.stderr
 

@@ -95,11 +95,15 @@ def test_argument_checks_and_existing_folder(tmp_path):
     with pytest.raises(ConfigError, match="size must be an integer >= 32, got 16"):
         make_shapes(tmp_path / "a", num_images=2, size=16)
     out = make_shapes(tmp_path / "a", num_images=2, size=64)
-    with pytest.raises(ConfigError, match="exists and is not empty"):
+    with pytest.raises(ConfigError, match="pass --overwrite"):
         make_shapes(out, num_images=2, size=64)
     make_shapes(out, num_images=3, size=64, overwrite=True)
     assert len(json.loads((out / "annotations.json").read_text())["images"]) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    (tmp_path / "user" / "images").mkdir(parents=True)  # looks like a dataset, was not written by make-shapes
+    with pytest.raises(ConfigError, match="not written by `make-shapes`"):
+        make_shapes(tmp_path / "user", num_images=2, size=64, overwrite=True)
+    assert (tmp_path / "user" / "images").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "user"]
 
 
 def test_pycocotools_reads_it(shapes40):
