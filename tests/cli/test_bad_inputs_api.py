@@ -219,7 +219,7 @@ API_CALLS = {
     ),
     "make_shapes_into_data": (
         lambda ws: __import__("retina_deploy.data.shapes", fromlist=["x"]).make_shapes(ws / "data", num_images=1),
-        "not empty",
+        "earlier `make-shapes` output; pass --overwrite",
     ),
     "demo_into_a_project": (
         lambda ws: __import__("retina_deploy.demo", fromlist=["x"]).run_demo(ws / "run2", train_images=8, size=128),
