@@ -20,6 +20,7 @@ import numpy as np
 
 from retina_deploy.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIX
 from retina_deploy.errors import ConfigError, ModelFileError
+from retina_deploy.runtime.onnx_metadata import OnnxMetadata
 from retina_deploy.runtime.spec import Backend, ModelSpec
 
 ORT_PROVIDERS = {
@@ -27,8 +28,9 @@ ORT_PROVIDERS = {
     "ort-cuda": "CUDAExecutionProvider",
     "ort-tensorrt": "TensorrtExecutionProvider",
 }
+ONNX_BACKENDS = (*ORT_PROVIDERS, "openvino")
 ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
-BACKENDS = ("auto", *ORT_PROVIDERS, *ENGINE_BACKENDS, "triton")
+BACKENDS = ("auto", *ONNX_BACKENDS, *ENGINE_BACKENDS, "triton")
 
 
 class OrtBackend:
@@ -97,14 +99,24 @@ def open_onnx(path: Path, backend: str, device: int, num_threads: int | None) ->
 
     name, providers = _ort_providers(backend, device)
     model = OnnxModel.load(path, providers, threads=num_threads)
-    meta = model.metadata
-    spec = ModelSpec(
+    return OrtBackend(model, f"onnxruntime-{name.removeprefix('ort-')}"), _spec_of(model.metadata)
+
+
+def _spec_of(meta: OnnxMetadata) -> ModelSpec:
+    return ModelSpec(
         class_names=tuple(meta.class_names),
         preprocess=meta.preprocess,
         nms=meta.nms,
         anchors_per_level=tuple(meta.anchors_per_level),
     )
-    return OrtBackend(model, f"onnxruntime-{name.removeprefix('ort-')}"), spec
+
+
+def open_openvino(path: Path, num_threads: int | None) -> tuple[Backend, ModelSpec]:
+    """An ONNX file compiled by OpenVINO for the CPU; its metadata gives the ModelSpec."""
+    from retina_deploy.runtime.openvino_backend import OpenVinoBackend
+
+    backend = OpenVinoBackend.load(path, num_threads=num_threads)
+    return backend, _spec_of(backend.metadata)
 
 
 def open_engine(path: Path, backend: str, device: int, cuda_graphs: bool) -> tuple[Backend, ModelSpec]:
@@ -149,9 +161,11 @@ def open_backend(
                 f"{p}: backend {backend!r} runs engines; build one with `retina-deploy build-engine` "
                 "or use ort-tensorrt to run the ONNX file through ONNX Runtime's TensorRT provider"
             )
+        if backend == "openvino":
+            return open_openvino(p, num_threads)
         return open_onnx(p, backend, device, num_threads)
     if p.suffix in ENGINE_SUFFIXES:
-        if backend in ORT_PROVIDERS:
+        if backend in ONNX_BACKENDS:
             raise ConfigError(f"{p}: backend {backend!r} runs ONNX files, not TensorRT engines")
         return open_engine(p, backend, device, cuda_graphs)
     raise ModelFileError(f"{p}: not a model file (expected .onnx or .engine)")
