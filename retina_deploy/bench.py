@@ -22,17 +22,17 @@ import numpy as np
 from retina_deploy.artifacts import model_kind
 from retina_deploy.errors import ConfigError, DatasetError, ModelFileError
 from retina_deploy.runtime import envinfo
-from retina_deploy.runtime.backends import gpu_index
+from retina_deploy.runtime.backends import ENGINE_BACKENDS, ONNX_BACKENDS, gpu_index
 from retina_deploy.runtime.bench_report import SCHEMA, SCHEMA_VERSION
 from retina_deploy.runtime.bench_run import DetectorTarget, RunLength, measure
 from retina_deploy.runtime.bench_stats import Stopwatch
 
-BACKENDS = ("auto", "torch", "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt", "tensorrt-rtx")
 _FITS = {  # model kind -> backends that run it
     "checkpoint": ("auto", "torch"),
-    "onnx": ("auto", "ort-cpu", "ort-cuda", "ort-tensorrt"),
-    "engine": ("auto", "tensorrt", "tensorrt-rtx"),
+    "onnx": ("auto", *ONNX_BACKENDS),
+    "engine": ("auto", *ENGINE_BACKENDS),
 }
+BACKENDS = tuple(dict.fromkeys(b for fits in _FITS.values() for b in fits))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SYNTHETIC_SIZE = 640  # longest side of the synthetic images: the preprocessing really resizes
 

@@ -67,7 +67,12 @@ def gpu_index(device: str) -> int | None:
 
 
 def backend_for_device(path: str | os.PathLike, backend: str, gpu: int | None) -> str:
-    """``backend``, except that "auto" for an ONNX file follows the device: ort-cpu on the CPU, ort-cuda on a GPU."""
+    """``backend``, except that "auto" for an ONNX file follows the device: ort-cpu on the CPU, ort-cuda on a GPU.
+
+    ConfigError for openvino on a GPU (it runs on the CPU only).
+    """
+    if backend == "openvino" and gpu is not None:
+        raise ConfigError("backend 'openvino' runs on the CPU; use --device cpu")
     if backend == "auto" and str(path).endswith(ONNX_SUFFIX):
         return "ort-cpu" if gpu is None else "ort-cuda"
     return backend
