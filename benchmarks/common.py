@@ -16,8 +16,10 @@ def paired_medians(fn_a, fn_b, iters: int, warmup: int = 2) -> tuple[float, floa
     return summarize(timings[0].total).median, summarize(timings[1].total).median
 
 
-def random_checkpoint(out_dir: Path, *, backbone: str, size: tuple[int, int], head_norm: str = "none") -> Path:
-    """A random-weights 80-class checkpoint whose scores spread (many NMS candidates: a realistic load). Needs torch."""
+def random_checkpoint(
+    out_dir: Path, *, backbone: str, size: tuple[int, int], head_norm: str = "none", num_classes: int = 80
+) -> Path:
+    """A random-weights checkpoint whose scores spread (many NMS candidates: a realistic load). Needs torch."""
     import torch
 
     from retina_deploy.checkpoint import save_checkpoint
@@ -26,9 +28,9 @@ def random_checkpoint(out_dir: Path, *, backbone: str, size: tuple[int, int], he
     from retina_deploy.runtime.preprocess import PreprocessConfig
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=backbone, num_classes=80, head_norm=head_norm))
+    model = build_model(ModelConfig(backbone=backbone, num_classes=num_classes, head_norm=head_norm))
     with torch.no_grad():
         model.head.classification_head.cls_logits.weight.normal_(0, 0.02)
         model.head.classification_head.cls_logits.bias.fill_(-3.0)
-    names = [f"class{i}" for i in range(80)]
+    names = [f"class{i}" for i in range(num_classes)]
     return save_checkpoint(model, out_dir / "ckpt", class_names=names, preprocess=PreprocessConfig(size=size))

@@ -18,7 +18,7 @@ data is refused (OpenVINO would read it, relative to the working directory). Nee
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,22 +53,30 @@ class OpenVinoBackend:
     """An exported ONNX file compiled by OpenVINO for the CPU, behind the Backend protocol.
 
     Attributes: name "openvino-cpu"; input_size (H, W); batch_range (min, max); metadata, the
-    file's ``OnnxMetadata``; path.
+    file's ``OnnxMetadata``; path; compiled, the ``openvino.CompiledModel``.
     """
 
     name = "openvino-cpu"
 
-    def __init__(self, compiled, metadata: OnnxMetadata, path: Path, plugin_attrs: dict[str, Any] | None) -> None:
+    def __init__(
+        self, compile_model: Callable[[], Any], metadata: OnnxMetadata, path: Path, plugin_attrs: dict[str, Any] | None
+    ) -> None:
         self.metadata = metadata
         self.path = path
         self.input_size: tuple[int, int] = tuple(metadata.input_size)
-        batch_dim = compiled.input(0).get_partial_shape()[0]
+        self._compile_model = compile_model
+        self._start()
+        batch_dim = self.compiled.input(0).get_partial_shape()[0]
         # As ONNX Runtime: a fixed batch axis runs only that batch, a dynamic one 1..the file's MAX.
         fixed = batch_dim.get_length() if batch_dim.is_static else None
         self.batch_range: tuple[int, int] = (fixed, fixed) if fixed else (1, metadata.batch[2])
         self._plugin_attrs = plugin_attrs
-        self._outputs = list(compiled.outputs)
-        self._request = compiled.create_infer_request()
+
+    def _start(self) -> None:
+        """A freshly compiled model and its one infer request."""
+        self.compiled = self._compile_model()
+        self._outputs = list(self.compiled.outputs)
+        self._request = self.compiled.create_infer_request()
 
     @classmethod
     def load(cls, path: str | Path, *, num_threads: int | None = None) -> OpenVinoBackend:
@@ -96,11 +104,14 @@ class OpenVinoBackend:
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if num_threads is not None:
             config["INFERENCE_NUM_THREADS"] = num_threads
-        try:
-            compiled = core.compile_model(model, "CPU", config)
-        except RuntimeError as e:
-            raise ModelFileError(f"{path}: OpenVINO cannot compile it for the CPU ({_reason(e)})") from e
-        return cls(compiled, metadata, path, plugin_attrs)
+
+        def compile_model():
+            try:
+                return core.compile_model(model, "CPU", config)
+            except RuntimeError as e:
+                raise ModelFileError(f"{path}: OpenVINO cannot compile it for the CPU ({_reason(e)})") from e
+
+        return cls(compile_model, metadata, path, plugin_attrs)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """float32 [B, 3, H, W] -> the file's outputs (see ``export_onnx``), any B >= 1 (chunks of MAX)."""
@@ -110,8 +121,24 @@ class OpenVinoBackend:
         return run_in_chunks(self._run_chunk, batch, self.batch_range[1], self.metadata.output_names)
 
     def _run_chunk(self, chunk: np.ndarray) -> list[np.ndarray]:
-        result = self._request.infer({INPUT_NAME: np.ascontiguousarray(chunk)}, share_inputs=True)
+        try:
+            result = self._request.infer({INPUT_NAME: np.ascontiguousarray(chunk)}, share_inputs=True)
+        except RuntimeError as e:
+            # OpenVINO 2026.4 fails some dynamic-batch graphs (asymmetric u8 Q/DQ around reshapes) at a second
+            # batch size, and the compiled model then fails every call: a fresh one serves the next call.
+            self._start()
+            raise ModelFileError(
+                f"{self.path}: OpenVINO could not run it at batch {chunk.shape[0]} ({_reason(e)}); "
+                "ONNX Runtime (--backend ort-cpu) may"
+            ) from e
         arrays = [result[o] for o in self._outputs]  # copies: the request's buffers are reused
+        shapes = [list(a.shape) for a in arrays]
+        if any(not s or s[0] != chunk.shape[0] for s in shapes):
+            # Seen with OpenVINO 2026.4 on an --int8-form cpu --nms none file: boxes [N, N, 4] for [1, N, 4].
+            raise ModelFileError(
+                f"{self.path}: OpenVINO returned outputs of shapes {shapes} for a batch of {chunk.shape[0]} "
+                "(it mis-converted the graph); ONNX Runtime (--backend ort-cpu) runs it"
+            )
         return arrays if self._plugin_attrs is None else list(run_reference(*arrays, self._plugin_attrs))
 
     def close(self) -> None:
