@@ -49,9 +49,10 @@ def main() -> None:
         num_classes=args.num_classes,
     )  # fmt: skip
     size = None if args.checkpoint else (args.size, args.size)
-    fp32 = export_onnx(ckpt, args.out / "model.onnx", ExportConfig(size=size, batch=tuple(args.batch), nms="onnx"))
+    export = {"size": size, "batch": tuple(args.batch)}
+    fp32 = export_onnx(ckpt, args.out / "model.onnx", ExportConfig(**export, nms="onnx"))
     if args.nms_none:
-        export_onnx(ckpt, args.out / "model.nms-none.onnx", ExportConfig(size=size, batch=tuple(args.batch), nms="none"))
+        export_onnx(ckpt, args.out / "model.nms-none.onnx", ExportConfig(**export, nms="none"))
     print(f"{fp32} in {time.perf_counter() - start:.0f} s", flush=True)
     write_fp16_onnx(fp32, args.out / "model.fp16.onnx")
     calib = CalibConfig(num=args.calib_num, method=args.calib_method)

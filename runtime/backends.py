@@ -1,11 +1,13 @@
-"""Backend selection for ``Detector.load``: ONNX Runtime for ``.onnx``, TensorRT for ``.engine`` (torch-free).
+"""Backend selection for ``Detector.load``: ONNX Runtime or OpenVINO for ``.onnx``, TensorRT for ``.engine``.
 
 Backend names:
 
-- ``auto``: ``.onnx`` -> ONNX Runtime with the CUDA provider if installed, else CPU; ``.engine`` ->
-  the TensorRT flavour named by its manifest.
+- ``auto``: ``.onnx`` -> ONNX Runtime with the CUDA provider if installed, else CPU (also where OpenVINO
+  is installed: docs/ARCHITECTURE.md has the measurement); ``.engine`` -> the TensorRT flavour named by
+  its manifest.
 - ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``: ONNX Runtime with that execution provider (CUDA and
   TensorRT providers fall back to CPU for unsupported nodes, as ONNX Runtime does).
+- ``openvino``: OpenVINO on the CPU (``openvino_backend``; ``pip install 'retina-deploy[openvino]'``).
 - ``tensorrt``, ``tensorrt-rtx``: an engine with that flavour (it must match the manifest).
 - ``triton``: a model on a Triton Inference Server, named by a ``triton://host:port/model`` URL
   (``auto`` picks it for such a URL); see ``triton_backend``.

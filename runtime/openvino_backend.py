@@ -98,7 +98,8 @@ class OpenVinoBackend:
         try:
             model = core.read_model(proto.SerializeToString())
         except RuntimeError as e:
-            raise ModelFileError(f"{path}: not a loadable ONNX file, truncated or of another format ({_reason(e)})") from e
+            reason = _reason(e)
+            raise ModelFileError(f"{path}: not a loadable ONNX file, truncated or of another format ({reason})") from e
         names = metadata.output_names if plugin_attrs is None else [o.name for o in proto.graph.output]
         _check_signature(model, metadata, names, path)
         config = {"PERFORMANCE_HINT": "LATENCY"}
@@ -212,7 +213,7 @@ def _check_signature(model, metadata: OnnxMetadata, output_names: Sequence[str],
         got = [(sorted(i.get_names()), str(i.get_partial_shape())) for i in inputs]
         raise ModelFileError(f"{path}: inputs {got} do not match the metadata's images [B, 3, {h}, {w}]")
     got = [sorted(o.get_names()) for o in model.outputs]
-    if len(got) != len(output_names) or any(name not in names for name, names in zip(output_names, got)):
+    if len(got) != len(output_names) or any(name not in names for name, names in zip(output_names, got, strict=True)):
         expected = list(metadata.output_names)
         raise ModelFileError(f"{path}: outputs {got} do not match the metadata's {expected}")
 

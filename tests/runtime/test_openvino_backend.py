@@ -166,7 +166,11 @@ def test_outputs_of_the_wrong_batch_are_refused(monkeypatch):
     # OpenVINO 2026.4 returned boxes [N, N, 4] for [1, N, 4] on one --int8-form cpu --nms none file
     with Detector.load(exported("onnx"), backend="openvino") as det:
         infer = det.backend._request.infer
-        monkeypatch.setattr(det.backend._request, "infer", lambda *a, **k: {o: v[:0] for o, v in infer(*a, **k).items()})
+
+        def emptied(*args, **kwargs):
+            return {o: v[:0] for o, v in infer(*args, **kwargs).items()}
+
+        monkeypatch.setattr(det.backend._request, "infer", emptied)
         with pytest.raises(ModelFileError, match="shapes"):
             det.detect(images()[:2])
 
