@@ -102,7 +102,8 @@ class OpenVinoBackend:
             raise ModelFileError(f"{path}: not a loadable ONNX file, truncated or of another format ({reason})") from e
         names = metadata.output_names if plugin_attrs is None else [o.name for o in proto.graph.output]
         _check_signature(model, metadata, names, path)
-        config = {"PERFORMANCE_HINT": "LATENCY"}
+        # FP32 kernels as ONNX Runtime's (OpenVINO would pick bf16 on CPUs with AMX): the same detections everywhere
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if num_threads is not None:
             config["INFERENCE_NUM_THREADS"] = num_threads
 
@@ -125,12 +126,12 @@ class OpenVinoBackend:
         try:
             result = self._request.infer({INPUT_NAME: np.ascontiguousarray(chunk)}, share_inputs=True)
         except RuntimeError as e:
-            # OpenVINO 2026.4 fails some dynamic-batch graphs (asymmetric u8 Q/DQ around reshapes) at a second
-            # batch size, and the compiled model then fails every call: a fresh one serves the next call.
+            # Seen with OpenVINO 2026.4 on an --int8-form cpu --nms none file at batch 2; the compiled model then
+            # failed every later call, batch 1 included: a fresh one serves the next call.
             self._start()
             raise ModelFileError(
                 f"{self.path}: OpenVINO could not run it at batch {chunk.shape[0]} ({_reason(e)}); "
-                "ONNX Runtime (--backend ort-cpu) may"
+                "try --backend ort-cpu"
             ) from e
         arrays = [result[o] for o in self._outputs]  # copies: the request's buffers are reused
         shapes = [list(a.shape) for a in arrays]
@@ -138,12 +139,12 @@ class OpenVinoBackend:
             # Seen with OpenVINO 2026.4 on an --int8-form cpu --nms none file: boxes [N, N, 4] for [1, N, 4].
             raise ModelFileError(
                 f"{self.path}: OpenVINO returned outputs of shapes {shapes} for a batch of {chunk.shape[0]} "
-                "(it mis-converted the graph); ONNX Runtime (--backend ort-cpu) runs it"
+                "(it mis-converted the graph); try --backend ort-cpu"
             )
         return arrays if self._plugin_attrs is None else list(run_reference(*arrays, self._plugin_attrs))
 
     def close(self) -> None:
-        self._request = None
+        self._request = self.compiled = None
 
 
 def _parse(path: Path):

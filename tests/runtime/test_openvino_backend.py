@@ -98,6 +98,7 @@ def test_threads_hint_batch_range_and_name():
         compiled = det.backend.compiled
         assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
         assert str(compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
         assert (det.min_batch, det.max_batch) == (1, 4)
         assert det.backend.name == "openvino-cpu"
 
