@@ -17,9 +17,17 @@ def paired_medians(fn_a, fn_b, iters: int, warmup: int = 2) -> tuple[float, floa
 
 
 def random_checkpoint(
-    out_dir: Path, *, backbone: str, size: tuple[int, int], head_norm: str = "none", num_classes: int = 80
+    out_dir: Path,
+    *,
+    backbone: str,
+    size: tuple[int, int],
+    head_norm: str = "none",
+    num_classes: int = 80,
+    cls_bias: float = -3.0,
+    **model_cfg,
 ) -> Path:
-    """A random-weights checkpoint whose scores spread (many NMS candidates: a realistic load). Needs torch."""
+    """A random-weights checkpoint whose scores spread around sigmoid(cls_bias) (many NMS candidates: a
+    realistic load); ``model_cfg``: further ModelConfig fields. Needs torch."""
     import torch
 
     from retina_deploy.checkpoint import save_checkpoint
@@ -28,9 +36,9 @@ def random_checkpoint(
     from retina_deploy.runtime.preprocess import PreprocessConfig
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=backbone, num_classes=num_classes, head_norm=head_norm))
+    model = build_model(ModelConfig(backbone=backbone, num_classes=num_classes, head_norm=head_norm, **model_cfg))
     with torch.no_grad():
         model.head.classification_head.cls_logits.weight.normal_(0, 0.02)
-        model.head.classification_head.cls_logits.bias.fill_(-3.0)
+        model.head.classification_head.cls_logits.bias.fill_(cls_bias)
     names = [f"class{i}" for i in range(num_classes)]
     return save_checkpoint(model, out_dir / "ckpt", class_names=names, preprocess=PreprocessConfig(size=size))
