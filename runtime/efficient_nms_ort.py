@@ -4,6 +4,7 @@ The plugin only exists in TensorRT. This registers the numpy reference as an
 ``onnxruntime-extensions`` Python op; such ops live in the ``ai.onnx.contrib`` domain, so the file's
 plugin node is moved there in memory (the file on disk is unchanged). Needs ``onnx`` and
 ``onnxruntime-extensions``; torch-free.
+``run_reference`` is the same op for any caller (the OpenVINO backend runs it after the graph).
 """
 
 from __future__ import annotations
