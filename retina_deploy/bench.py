@@ -22,17 +22,17 @@ import numpy as np
 from retina_deploy.artifacts import model_kind
 from retina_deploy.errors import ConfigError, DatasetError, ModelFileError
 from retina_deploy.runtime import envinfo
-from retina_deploy.runtime.backends import gpu_index
+from retina_deploy.runtime.backends import ENGINE_BACKENDS, ONNX_BACKENDS, backend_for_device, gpu_index
 from retina_deploy.runtime.bench_report import SCHEMA, SCHEMA_VERSION
 from retina_deploy.runtime.bench_run import DetectorTarget, RunLength, measure
 from retina_deploy.runtime.bench_stats import Stopwatch
 
-BACKENDS = ("auto", "torch", "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt", "tensorrt-rtx")
 _FITS = {  # model kind -> backends that run it
     "checkpoint": ("auto", "torch"),
-    "onnx": ("auto", "ort-cpu", "ort-cuda", "ort-tensorrt"),
-    "engine": ("auto", "tensorrt", "tensorrt-rtx"),
+    "onnx": ("auto", *ONNX_BACKENDS),
+    "engine": ("auto", *ENGINE_BACKENDS),
 }
+BACKENDS = tuple(dict.fromkeys(b for fits in _FITS.values() for b in fits))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SYNTHETIC_SIZE = 640  # longest side of the synthetic images: the preprocessing really resizes
 
@@ -259,12 +259,15 @@ def _plan(models: Sequence[Path], cfg: BenchConfig) -> list[tuple[Path, str, str
     """(path, kind, backend, torch.compile) for each run, after checking every model and the device."""
     kinds = [model_kind(Path(m)) for m in models]
     check_device(cfg.device, kinds)
+    gpu = gpu_index(cfg.device)
     plan = []
     for path, kind in zip(models, kinds, strict=True):
         fitting = [b for b in cfg.backends if b in _FITS[kind]]
         if not fitting:
             raise ConfigError(f"{path}: none of the backends {list(cfg.backends)} runs a {kind}")
-        for backend in dict.fromkeys(fitting):
+        # "auto" on an ONNX file is a named backend (from --device): each one runs once
+        named = (backend_for_device(path, b, gpu) if kind == "onnx" else b for b in fitting)
+        for backend in dict.fromkeys(named):
             plan.append((Path(path), kind, backend, False))
             if kind == "checkpoint" and cfg.torch_compile:
                 plan.append((Path(path), kind, backend, True))

@@ -114,11 +114,13 @@ def _add_convert_weights(sub) -> None:
 
 
 def _add_device_flags(p) -> None:
+    from retina_deploy.runtime.backends import BACKENDS
+
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (engines always run on a GPU)")
     p.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt", "tensorrt-rtx"],
+        choices=[b for b in BACKENDS if b != "triton"],  # triton:// URLs name their backend
         help="runtime backend for .onnx / .engine files; auto picks from --device and the engine manifest",
     )
 

@@ -74,6 +74,7 @@ class _DurationAction(argparse.Action):
 
 def add_bench(sub) -> argparse.ArgumentParser:
     """Register ``bench`` on the CLI's subparsers (the formatter shows each default)."""
+    from retina_deploy.bench import BACKENDS
     from retina_deploy.cli_common import add_verb
 
     p = add_verb(sub, "bench", HELP, run_bench_cli)
@@ -87,14 +88,14 @@ def add_bench(sub) -> argparse.ArgumentParser:
         "--backend",
         nargs="+",
         default=["auto"],
-        choices=["auto", "torch", "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt", "tensorrt-rtx"],
+        choices=BACKENDS,
         metavar="NAME",
-        help="backends to compare: auto, torch, ort-cpu, ort-cuda, ort-tensorrt, tensorrt, tensorrt-rtx; each model "
+        help=f"backends to compare: {', '.join(BACKENDS)}; each model "
         "runs with those that fit it (auto: torch for checkpoints, ONNX Runtime for .onnx on --device, the manifest's "
         "TensorRT for .engine)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, help="intra-op threads of ONNX Runtime and PyTorch (default: theirs)")
+    p.add_argument("--threads", type=int, help="threads of ONNX Runtime, OpenVINO and PyTorch (default: theirs)")
     p.add_argument("--images", type=Path, help="folder of JPEG/PNG/BMP images (default: synthetic images)")
     p.add_argument("--num-images", type=int, default=16, help="images cycled through")
     p.add_argument("--torch-compile", action="store_true", help="also run checkpoints through torch.compile")

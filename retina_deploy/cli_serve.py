@@ -95,6 +95,8 @@ def run_serve(args) -> int:
 
 
 def add_serve(sub) -> argparse.ArgumentParser:
+    from retina_deploy.runtime.backends import BACKENDS
+
     help_ = "Serve a model over HTTP with dynamic batching, health checks and Prometheus metrics."
     p = add_verb(sub, "serve", help_, run_serve)
     p.add_argument("model", help=".onnx, .engine, or triton://host:port/model")
@@ -132,11 +134,11 @@ def add_serve(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt", "tensorrt-rtx", "triton"],
+        choices=BACKENDS,
         help="runtime backend (auto: from the file kind and the engine manifest)",
     )
     p.add_argument("--device", type=int, default=0, help="GPU index for CUDA / TensorRT (default: 0)")
-    p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads (default: its own)")
+    p.add_argument("--threads", type=_positive_int, help="ONNX Runtime / OpenVINO threads (default: theirs)")
     return p
 
 

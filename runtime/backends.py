@@ -1,11 +1,13 @@
-"""Backend selection for ``Detector.load``: ONNX Runtime for ``.onnx``, TensorRT for ``.engine`` (torch-free).
+"""Backend selection for ``Detector.load``: ONNX Runtime or OpenVINO for ``.onnx``, TensorRT for ``.engine``.
 
 Backend names:
 
-- ``auto``: ``.onnx`` -> ONNX Runtime with the CUDA provider if installed, else CPU; ``.engine`` ->
-  the TensorRT flavour named by its manifest.
+- ``auto``: ``.onnx`` -> ONNX Runtime with the CUDA provider if installed, else CPU (also where OpenVINO
+  is installed: docs/ARCHITECTURE.md has the measurement); ``.engine`` -> the TensorRT flavour named by
+  its manifest.
 - ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``: ONNX Runtime with that execution provider (CUDA and
   TensorRT providers fall back to CPU for unsupported nodes, as ONNX Runtime does).
+- ``openvino``: OpenVINO on the CPU (``openvino_backend``; ``pip install 'retina-deploy[openvino]'``).
 - ``tensorrt``, ``tensorrt-rtx``: an engine with that flavour (it must match the manifest).
 - ``triton``: a model on a Triton Inference Server, named by a ``triton://host:port/model`` URL
   (``auto`` picks it for such a URL); see ``triton_backend``.
@@ -20,6 +22,7 @@ import numpy as np
 
 from retina_deploy.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIX
 from retina_deploy.errors import ConfigError, ModelFileError
+from retina_deploy.runtime.onnx_metadata import OnnxMetadata
 from retina_deploy.runtime.spec import Backend, ModelSpec
 
 ORT_PROVIDERS = {
@@ -27,8 +30,9 @@ ORT_PROVIDERS = {
     "ort-cuda": "CUDAExecutionProvider",
     "ort-tensorrt": "TensorrtExecutionProvider",
 }
+ONNX_BACKENDS = (*ORT_PROVIDERS, "openvino")
 ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
-BACKENDS = ("auto", *ORT_PROVIDERS, *ENGINE_BACKENDS, "triton")
+BACKENDS = ("auto", *ONNX_BACKENDS, *ENGINE_BACKENDS, "triton")
 
 
 class OrtBackend:
@@ -65,7 +69,12 @@ def gpu_index(device: str) -> int | None:
 
 
 def backend_for_device(path: str | os.PathLike, backend: str, gpu: int | None) -> str:
-    """``backend``, except that "auto" for an ONNX file follows the device: ort-cpu on the CPU, ort-cuda on a GPU."""
+    """``backend``, except that "auto" for an ONNX file follows the device: ort-cpu on the CPU, ort-cuda on a GPU.
+
+    ConfigError for openvino on a GPU (it runs on the CPU only).
+    """
+    if backend == "openvino" and gpu is not None:
+        raise ConfigError("backend 'openvino' runs on the CPU; use --device cpu")
     if backend == "auto" and str(path).endswith(ONNX_SUFFIX):
         return "ort-cpu" if gpu is None else "ort-cuda"
     return backend
@@ -97,14 +106,24 @@ def open_onnx(path: Path, backend: str, device: int, num_threads: int | None) ->
 
     name, providers = _ort_providers(backend, device)
     model = OnnxModel.load(path, providers, threads=num_threads)
-    meta = model.metadata
-    spec = ModelSpec(
+    return OrtBackend(model, f"onnxruntime-{name.removeprefix('ort-')}"), _spec_of(model.metadata)
+
+
+def _spec_of(meta: OnnxMetadata) -> ModelSpec:
+    return ModelSpec(
         class_names=tuple(meta.class_names),
         preprocess=meta.preprocess,
         nms=meta.nms,
         anchors_per_level=tuple(meta.anchors_per_level),
     )
-    return OrtBackend(model, f"onnxruntime-{name.removeprefix('ort-')}"), spec
+
+
+def open_openvino(path: Path, num_threads: int | None) -> tuple[Backend, ModelSpec]:
+    """An ONNX file compiled by OpenVINO for the CPU; its metadata gives the ModelSpec."""
+    from retina_deploy.runtime.openvino_backend import OpenVinoBackend
+
+    backend = OpenVinoBackend.load(path, num_threads=num_threads)
+    return backend, _spec_of(backend.metadata)
 
 
 def open_engine(path: Path, backend: str, device: int, cuda_graphs: bool) -> tuple[Backend, ModelSpec]:
@@ -149,9 +168,11 @@ def open_backend(
                 f"{p}: backend {backend!r} runs engines; build one with `retina-deploy build-engine` "
                 "or use ort-tensorrt to run the ONNX file through ONNX Runtime's TensorRT provider"
             )
+        if backend == "openvino":
+            return open_openvino(p, num_threads)
         return open_onnx(p, backend, device, num_threads)
     if p.suffix in ENGINE_SUFFIXES:
-        if backend in ORT_PROVIDERS:
+        if backend in ONNX_BACKENDS:
             raise ConfigError(f"{p}: backend {backend!r} runs ONNX files, not TensorRT engines")
         return open_engine(p, backend, device, cuda_graphs)
     raise ModelFileError(f"{p}: not a model file (expected .onnx or .engine)")

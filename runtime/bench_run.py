@@ -99,8 +99,8 @@ class DetectorTarget:
 
 
 def _precision_of(backend, kind: str) -> str:
-    model = getattr(backend, "model", None)
-    if model is not None:
+    model = getattr(backend, "model", backend)  # ONNX Runtime: its OnnxModel; OpenVINO: itself
+    if getattr(model, "metadata", None) is not None:
         return model.metadata.precision
     manifest = getattr(backend, "manifest", None)
     return manifest.precision if manifest is not None else "fp32"

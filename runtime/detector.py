@@ -72,12 +72,12 @@ class Detector:
 
         Args:
             backend: "auto" (.onnx: ONNX Runtime, CUDA provider if installed else CPU; .engine: the
-                manifest's TensorRT flavour), "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt",
-                "tensorrt-rtx".
+                manifest's TensorRT flavour), "ort-cpu", "ort-cuda", "ort-tensorrt", "openvino" (CPU),
+                "tensorrt", "tensorrt-rtx".
             device: GPU index for CUDA / TensorRT.
             cuda_graphs: capture one CUDA graph per batch size (engines only).
             max_pixels: largest accepted image (width * height), checked before decoding.
-            num_threads: ONNX Runtime intra-op threads, >= 1 (None: its default).
+            num_threads: ONNX Runtime intra-op / OpenVINO inference threads, >= 1 (None: their default).
 
         Raises ModelFileError (missing, foreign, tampered or mismatched file; engines: says to
         rebuild), ConfigError (unknown or uninstalled backend), NoCudaDeviceError (engine, no GPU).

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from retina_deploy.errors import ImageError, ModelFileError
+from retina_deploy.errors import ModelFileError
 from retina_deploy.runtime import efficient_nms_ort
 from retina_deploy.runtime.onnx_metadata import INPUT_NAME, OnnxMetadata
+from retina_deploy.runtime.spec import check_images, run_in_chunks
 
 _ORT_LOAD_ERRORS = tuple(
     getattr(ort.capi.onnxruntime_pybind11_state, name)
@@ -95,22 +96,13 @@ class OnnxModel:
 
         Batches above the file's MAX batch run in chunks of MAX. Outputs: see ``export_onnx``.
         """
-        self._check_images(images)
-        chunks = [
-            self.session.run(self._output_names, {INPUT_NAME: images[i : i + self.max_batch]})
-            for i in range(0, images.shape[0], self.max_batch)
-        ]
-        return {
-            name: np.concatenate([c[j] for c in chunks]) if len(chunks) > 1 else chunks[0][j]
-            for j, name in enumerate(self._output_names)
-        }
-
-    def _check_images(self, images: np.ndarray) -> None:
-        h, w = self.metadata.input_size
-        if not isinstance(images, np.ndarray) or images.dtype != np.float32:
-            raise ImageError(f"images must be a float32 numpy array, got {getattr(images, 'dtype', type(images))}")
-        if images.ndim != 4 or images.shape[1:] != (3, h, w) or images.shape[0] < 1:
-            raise ImageError(f"images must have shape [B, 3, {h}, {w}] with B >= 1, got {list(images.shape)}")
+        check_images(images, self.metadata.input_size)
+        return run_in_chunks(
+            lambda chunk: self.session.run(self._output_names, {INPUT_NAME: chunk}),
+            images,
+            self.max_batch,
+            self._output_names,
+        )
 
 
 def _reference_model(data: bytes, options: ort.SessionOptions, path: Path) -> bytes:

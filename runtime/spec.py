@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from retina_deploy.errors import ModelFileError
+from retina_deploy.errors import ImageError, ModelFileError
 from retina_deploy.runtime.onnx_metadata import NmsSettings
 from retina_deploy.runtime.preprocess import PreprocessConfig
 
@@ -63,3 +63,27 @@ class ModelSpec:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(f"{source}: bad post-processing record in the manifest: {e}") from e
+
+
+def check_images(images: np.ndarray, input_size: tuple[int, int]) -> None:
+    """ImageError unless ``images`` is float32 [B, 3, H, W] with B >= 1 and (H, W) = ``input_size``."""
+    h, w = input_size
+    if not isinstance(images, np.ndarray) or images.dtype != np.float32:
+        raise ImageError(f"images must be a float32 numpy array, got {getattr(images, 'dtype', type(images))}")
+    if images.ndim != 4 or images.shape[1:] != (3, h, w) or images.shape[0] < 1:
+        raise ImageError(f"images must have shape [B, 3, {h}, {w}] with B >= 1, got {list(images.shape)}")
+
+
+def run_in_chunks(
+    run_chunk: Callable[[np.ndarray], Sequence[np.ndarray]],
+    images: np.ndarray,
+    max_batch: int,
+    output_names: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """``run_chunk`` (float32 [b, 3, H, W], b <= max_batch -> one array per output name) over all of
+    ``images`` in chunks of ``max_batch``; returns {name: outputs concatenated along the batch}."""
+    chunks = [run_chunk(images[i : i + max_batch]) for i in range(0, images.shape[0], max_batch)]
+    return {
+        name: np.concatenate([c[j] for c in chunks]) if len(chunks) > 1 else chunks[0][j]
+        for j, name in enumerate(output_names)
+    }

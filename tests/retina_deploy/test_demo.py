@@ -63,6 +63,18 @@ def test_demo_runs_every_stage(demo):
 
 
 @pytest.mark.slow
+def test_bench_has_openvino_rows_where_it_is_installed(demo):
+    from retina_deploy.runtime.openvino_backend import openvino_installed
+
+    out, summary, _ = demo
+    expected = {"onnxruntime-cpu", "openvino-cpu"} if openvino_installed() else {"onnxruntime-cpu"}
+    rows = json.loads((out / "bench.json").read_text())["results"]
+    for path in (a["path"] for a in summary["artifacts"] if a["path"].endswith(".onnx")):
+        assert {r["backend"] for r in rows if r["model"] == path} == expected, path
+    assert all(b in (out / "report.md").read_text() for b in expected)
+
+
+@pytest.mark.slow
 def test_every_recorded_command_parses_with_the_cli(demo):
     parser = build_parser()
     commands = [c for s in demo[1]["stages"] for c in s["commands"]]
