@@ -156,4 +156,9 @@ def add_train_arguments(p) -> None:
         type=int,
         help=f"save last/ for --resume this often (default: {d['checkpoint_every_iters'].default})",
     )
+    r.add_argument(
+        "--val-every-epochs",
+        type=int,
+        help=f"validate after every N-th epoch and at the end (default: {d['val_every_epochs'].default})",
+    )
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"(default: {d['device'].default})")

@@ -30,7 +30,8 @@ class TrainConfig:
 
     images, annotations: the training set (COCO instances JSON + image folder).
     out: the run folder; must be absent or empty (use ``for_resume`` to continue a run).
-    val_images, val_annotations: optional validation set, evaluated (COCO AP) after every epoch.
+    val_images, val_annotations: optional validation set, evaluated (COCO AP) after every
+        ``val_every_epochs``-th epoch and at the run's end (best/ is the best of those).
     backbone, backbone_norm, head_norm, box_loss, fpn_channels, p6_from, anchor_sizes, focal_loss_alpha,
         focal_loss_gamma, focal_loss_gamma_fg: the model (see
         ``ModelConfig``, which says when to choose which; "bn" becomes SyncBatchNorm across GPUs).
@@ -103,6 +104,7 @@ class TrainConfig:
     hflip: float = 0.5
     scale_jitter: tuple[float, float] | None = None
     checkpoint_every_iters: int = 500
+    val_every_epochs: int = 1
     resume: Path | None = None
     device: str = "auto"
 
@@ -169,7 +171,7 @@ def _validate(cfg: TrainConfig) -> None:
     """ConfigError naming the first bad field of ``cfg``."""
     if cfg.epochs is None and cfg.iters is None and cfg.max_minutes is None:
         raise ConfigError("give the run a length: epochs, iters and/or max_minutes (the first reached ends it)")
-    for name in ("epochs", "iters", "batch_size", "checkpoint_every_iters"):
+    for name in ("epochs", "iters", "batch_size", "checkpoint_every_iters", "val_every_epochs"):
         value = getattr(cfg, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")

@@ -298,7 +298,8 @@ class _Run:
             if self.progress.batch >= self.iters_per_epoch:
                 self.progress.epoch += 1
                 self.progress.batch = 0
-            self._validate(epoch)
+            if (epoch + 1) % self.cfg.val_every_epochs == 0 or self._finished(elapsed[0]):
+                self._validate(epoch)
             self._save(elapsed[0])
 
     def _loader(self, epoch: int, start_batch: int) -> torch.utils.data.DataLoader:

@@ -108,6 +108,20 @@ def test_short_run_writes_checkpoints_and_losses_decrease(shapes, tmp_path):
     assert state["progress"] == {"epoch": 5, "batch": 0, "iteration": 20}
 
 
+def test_validation_every_n_epochs_and_at_the_end(shapes, tmp_path):
+    # 4 batches an epoch, 10 iterations: epochs 0, 1 whole and 2 cut at 2 batches. Every 2nd epoch -> after
+    # epoch 1 (the 2nd), then the run's end (epoch 2) although 3 is not a multiple of 2.
+    run = train(tiny_config(shapes, tmp_path / "run", iters=10, val_every_epochs=2))
+    assert [int(r["epoch"]) for r in read_metrics(run, "val")] == [1, 2]
+    assert load_checkpoint(run / "best")[1].extra["iteration"] in (8, 10)  # best/ only from validated weights
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_val_every_epochs_refuses_bad_values(shapes, tmp_path, value):
+    with pytest.raises(ConfigError, match="val_every_epochs must be an integer >= 1"):
+        tiny_config(shapes, tmp_path / "a", iters=1, val_every_epochs=value)
+
+
 @pytest.mark.slow
 def test_resume_matches_uninterrupted_run_bit_for_bit(shapes, tmp_path):
     # Batch 2: 8 iterations per epoch. Checkpoints every 5 and at epoch ends -> states at 5, 8, 10, 12.
