@@ -67,6 +67,13 @@ def _check_model(model: str) -> None:
 # -- serve ---------------------------------------------------------------------------------------
 
 _SERVE = "retina_deploy.runtime.serve"
+
+
+def _at_most(field: str) -> str:
+    """", at most N" from ServeConfig's bound on ``field`` (the one place the bounds live)."""
+    from retina_deploy.runtime.serve_config import CONFIG_BOUNDS
+
+    return f", at most {CONFIG_BOUNDS[field][1]:g}"
 _RUNNER = "retina_deploy.runtime.serve_runner"
 _SERVE_FIELDS = ("max_batch", "max_delay_ms", "max_queue", "workers", "max_body_mb", "max_images", "timeout_s")
 
@@ -113,12 +120,12 @@ def add_serve(sub) -> argparse.ArgumentParser:
             _positive_int,
             lambda v: "the model's maximum" if v is None else v,
         ),
-        "max_delay_ms": ("longest wait for a batch to fill, at most 60000", _non_negative, str),
+        "max_delay_ms": ("longest wait for a batch to fill" + _at_most("max_delay_ms"), _non_negative, str),
         "max_queue": ("images waiting; more get 503 with Retry-After", _positive_int, str),
         "workers": ("threads that decode and preprocess images", _positive_int, str),
-        "max_body_mb": ("largest request body in MiB (413 above), at most 4096", _positive, str),
+        "max_body_mb": ("largest request body in MiB (413 above)" + _at_most("max_body_mb"), _positive, str),
         "max_images": ("most images in one multipart request", _positive_int, str),
-        "timeout_s": ("seconds a request may wait for its result (504 after), at most 3600", _positive, str),
+        "timeout_s": ("seconds a request may wait for its result (504 after)" + _at_most("timeout_s"), _positive, str),
     }
     for field, (text, type_, fmt) in helps.items():
         flag = "--timeout" if field == "timeout_s" else "--" + field.replace("_", "-")
@@ -128,7 +135,8 @@ def add_serve(sub) -> argparse.ArgumentParser:
         dest="drain_timeout_s",
         type=_non_negative,
         help=LibraryDefault(
-            "on SIGTERM, seconds to finish the requests in flight (then 503), at most 3600", f"{cfg}.drain_timeout_s"
+            "on SIGTERM, seconds to finish the requests in flight (then 503)" + _at_most("drain_timeout_s"),
+            f"{cfg}.drain_timeout_s",
         ),
     )
     p.add_argument(

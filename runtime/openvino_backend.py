@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from retina_deploy.errors import ConfigError, ModelFileError
+from retina_deploy.runtime.argcheck import int_at_least
 from retina_deploy.runtime.efficient_nms_ort import PLUGIN_OP, run_reference
 from retina_deploy.runtime.onnx_metadata import INPUT_NAME, OnnxMetadata
 from retina_deploy.runtime.spec import check_images, run_in_chunks
@@ -86,9 +87,8 @@ class OpenVinoBackend:
         match the metadata) and ConfigError (openvino or onnx not installed, bad ``num_threads``).
         """
         path = Path(path)
-        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                        or num_threads < 1):  # fmt: skip
-            raise ConfigError(f"num_threads must be an integer >= 1, got {num_threads!r}")
+        if num_threads is not None:
+            num_threads = int_at_least("num_threads", num_threads, 1)
         core = _core()
         proto = _parse(path)
         metadata = OnnxMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))
@@ -215,8 +215,7 @@ def _check_signature(model, metadata: OnnxMetadata, output_names: Sequence[str],
         raise ModelFileError(f"{path}: inputs {got} do not match the metadata's images [B, 3, {h}, {w}]")
     got = [sorted(o.get_names()) for o in model.outputs]
     if len(got) != len(output_names) or any(name not in names for name, names in zip(output_names, got, strict=True)):
-        expected = list(metadata.output_names)
-        raise ModelFileError(f"{path}: outputs {got} do not match the metadata's {expected}")
+        raise ModelFileError(f"{path}: outputs {got} do not match the expected {list(output_names)}")
 
 
 def _reason(error: Exception) -> str:
