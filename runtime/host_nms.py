@@ -7,13 +7,13 @@ class-aware greedy NMS (IoU > iou_thresh suppresses), the max_dets best, zero-pa
 go in the graph's order: lowest index first in each TopK and in NonMaxSuppression.
 
 Cost: the top-k looks only at the pairs above the threshold (or above a floor found on a sample),
-and NMS runs all classes at once, a window of boxes per class a step, on ever fewer boxes: a few
-dozen numpy calls per step and a few steps per image instead of a Python loop over boxes.
+and NMS compares only the best-ranked candidates that can still reach the output, all classes at
+once: the IoU of every same-class pair in one array, then a fixed point over the overlapping pairs
+that is exactly greedy NMS. A few dozen numpy calls per image instead of a Python loop over boxes.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,78 +60,97 @@ def batched_nms(
     max_keep per class, and the result by descending score, equal scores by class.
     """
     order = np.argsort(-scores, kind="stable")
-    ranks = _greedy_by_class(boxes[order], classes[order], iou_thresh, max_keep, plugin_rules=plugin_rules)
+    ranked = scores[order]
+    ranks = _greedy_by_class(boxes[order], ranked, classes[order], iou_thresh, max_keep, plugin_rules=plugin_rules)
     kept = order[ranks]
     if plugin_rules:
         kept = kept[np.lexsort((classes[kept], -scores[kept]))]
     return kept[:max_keep]
 
 
-PAIRS_PER_STEP = 32768  # box pairs an NMS step compares at most; sets the width of its windows (fastest here)
+PAIRS_PER_STEP = 1 << 18  # box pairs an NMS step compares at most: its block of candidates shrinks to fit
 
 
 def _greedy_by_class(
-    boxes: np.ndarray, classes: np.ndarray, iou_thresh: float, max_keep: int, *, plugin_rules: bool
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thresh: float, max_keep: int, *, plugin_rules: bool
 ) -> np.ndarray:
-    """Ranks kept by greedy NMS of boxes [M, 4] sorted by descending score, per class; ascending [<= M].
+    """Ranks kept by greedy NMS per class of boxes [M, 4] / scores [M] sorted by descending score; ascending.
 
-    Every class at once, on shrinking sets: the alive boxes sit grouped by class in rank order. A step
-    takes each class's first ``width`` alive boxes (a window), settles the window exactly, then drops
-    the boxes that the window's kept boxes suppress. Windows widen as boxes die, so the loop runs a
-    few times, not once per box. Without ``plugin_rules``, once max_keep boxes are kept, boxes ranked
-    after the max_keep-th best kept one are dropped (they cannot be output); with them each class
-    keeps up to max_keep.
+    Blocks of candidates in rank order, each settled exactly against the boxes kept before it
+    (``_settle_block``). Once max_keep boxes are kept, later candidates cannot be output and are never
+    compared (under ``plugin_rules`` the block must also end before a score tie: equal scores are
+    output by class). The first block holds 1.5 max_keep candidates (one block on typical images), a
+    further one what the kept rate so far predicts; each shrinks to at most PAIRS_PER_STEP pairs.
+    (The plugin's limit of max_keep per class needs no step of its own: the output's max_keep best
+    would hold a class's later boxes only if it had kept fewer.)
     """
-    small = classes.astype(np.int16) if len(classes) and 0 <= classes.min() and classes.max() < 2**15 else classes
-    by_class = np.argsort(small, kind="stable")  # a radix sort for 16-bit keys
-    rank, group, xy = by_class, classes[by_class], np.ascontiguousarray(boxes[by_class].T)
-    taken = np.zeros(int(classes.max()) + 1 if len(classes) else 0, np.int64)  # kept so far, per class
-    kept: list[np.ndarray] = []
-    while len(rank):
-        first = np.ones(len(rank), bool)
-        np.not_equal(group[1:], group[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        seg = np.cumsum(first) - 1  # each alive box's class row
-        pos = np.arange(len(rank)) - starts[seg]
-        # pairs of a step: alive boxes x width (to suppress) and classes x width**2 (to settle the windows)
-        width = max(1, min(int(pos.max()) + 1, PAIRS_PER_STEP // len(rank), math.isqrt(PAIRS_PER_STEP // len(starts))))
-        in_win = pos < width
-        win = np.zeros((len(starts), width), np.int64)  # [G, width] positions of each class's window
-        win[seg[in_win], pos[in_win]] = np.flatnonzero(in_win)
-        sizes = np.diff(starts, append=len(rank))
-        win_xy = np.take(xy, win, axis=1)  # [4, G, width]
-        keep = _settle(win_xy, np.arange(width) < sizes[:, None], iou_thresh, plugin_rules)
-        stay = ~in_win
-        if plugin_rules:
-            keep &= taken[group[starts]][:, None] + np.cumsum(keep, 1) <= max_keep
-            taken[group[starts]] += keep.sum(1)
-            stay &= taken[group] < max_keep
-        kept.append(rank[win[keep]])
-        rest = np.flatnonzero(stay)
-        if len(rest):
-            rows = seg[rest]
-            over = _suppresses(np.take(win_xy, rows, axis=1), np.take(xy, rest, axis=1)[..., None], iou_thresh,
-                               plugin_rules)  # fmt: skip
-            stay[rest] = ~(over & keep[rows]).any(1)
-        if not plugin_rules and sum(map(len, kept)) >= max_keep:
-            stay &= rank < np.partition(np.concatenate(kept), max_keep - 1)[max_keep - 1]
-        rank, group, xy = rank[stay], group[stay], np.compress(stay, xy, axis=1)
-    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+    m = len(classes)
+    if m == 0 or max_keep < 1:
+        return np.zeros(0, np.int64)
+    if classes.min() < 0 or classes.max() >= 2**15:
+        classes = np.unique(classes, return_inverse=True)[1]
+    group = classes.astype(np.int16)  # stable argsort of 16-bit keys is a radix sort
+    num_groups = int(group.max()) + 1
+    xy = np.ascontiguousarray(boxes.T)
+    kept = np.zeros(0, np.int64)
+    lo, block = 0, max_keep + max_keep // 2 + 16
+    while lo < m:
+        hi = min(m, lo + block)
+        before = np.bincount(group[kept], minlength=num_groups)
+        while hi - lo > 1:
+            here = np.bincount(group[lo:hi], minlength=num_groups)
+            if int((before * here + here * (here - 1) // 2).sum()) <= PAIRS_PER_STEP:
+                break
+            hi = lo + (hi - lo) // 2
+        kept = np.concatenate([kept, _settle_block(xy, group, kept, lo, hi, iou_thresh, plugin_rules)])
+        lo = hi
+        if len(kept) >= max_keep:
+            if not plugin_rules or lo == m or scores[lo - 1] != scores[lo]:
+                break
+            block *= 2  # inside a tie: only its end can stop the loop
+        else:
+            block = int((max_keep - len(kept)) * lo / max(len(kept), 1) * 1.25) + 16
+    return kept
 
 
-def _settle(xy: np.ndarray, open_: np.ndarray, iou_thresh: float, plugin_rules: bool) -> np.ndarray:
-    """Greedy NMS inside each window: boxes xy [4, G, W] in rank order, candidates open_ [G, W] (a prefix
-    of each row); returns kept [G, W]. A box is kept once no open box before it can suppress it."""
-    if xy.shape[2] == 1:
-        return open_.copy()
-    over = _suppresses(xy[:, :, :, None], xy[:, :, None, :], iou_thresh, plugin_rules)
-    over &= np.triu(np.ones(over.shape[1:], bool), 1)  # [g, i, j]: earlier i suppresses later j
-    keep, open_ = np.zeros_like(open_), open_.copy()
-    while open_.any():
-        newly = open_ & ~(open_[:, :, None] & over).any(1)
-        keep |= newly
-        open_ &= ~newly & ~(newly[:, :, None] & over).any(1)
-    return keep
+def _settle_block(
+    xy: np.ndarray, group: np.ndarray, kept: np.ndarray, lo: int, hi: int, iou_thresh: float, plugin_rules: bool
+) -> np.ndarray:
+    """Ranks lo..hi-1 that greedy NMS keeps, given the ranks ``kept`` [K] before lo (ascending) and
+    boxes xy [4, M] / groups [M] in rank order; ascending.
+
+    Every pair of one class with its later box in the block is compared once. Greedy NMS keeps box j
+    exactly when no kept box before j suppresses it; iterated from "all kept", that rule fixes at least
+    one more box per chain of suppressions a round and then stops changing, at greedy's answer
+    (Cluster-NMS): a few rounds over the few overlapping pairs.
+    """
+    nodes = np.concatenate([kept, np.arange(lo, hi)])
+    ranks = nodes[np.argsort(group[nodes], kind="stable")]  # by class, each class in rank order
+    n, sorted_group = len(ranks), group[ranks]
+    first = np.ones(n, bool)
+    np.not_equal(sorted_group[1:], sorted_group[:-1], out=first[1:])
+    starts, seg = np.flatnonzero(first), np.cumsum(first) - 1  # each class's first box, each box's class row
+    ends = np.append(starts[1:], n)
+    earlier = ranks < lo  # kept before the block: a prefix of each class
+    first_open = starts + np.add.reduceat(earlier, starts)
+    at = np.arange(n)
+    begin = np.maximum(at + 1, first_open[seg])  # each box's later partners: begin .. end of its class
+    count = ends[seg] - begin
+    total = int(count.sum())
+    keep = np.ones(n, bool)
+    if total:
+        src = np.repeat(at, count)
+        dst = np.arange(total) + np.repeat(begin - (np.cumsum(count) - count), count)
+        rxy = np.take(xy, ranks, axis=1)
+        over = _suppresses(np.repeat(rxy, count, axis=1), np.take(rxy, dst, axis=1), iou_thresh, plugin_rules)
+        src, dst = src[over], dst[over]
+        while True:
+            settled = np.ones(n, bool)
+            settled[dst[keep[src]]] = False
+            if np.array_equal(settled, keep):
+                break
+            keep = settled
+    return np.sort(ranks[keep & ~earlier])
 
 
 def _suppresses(a: np.ndarray, b: np.ndarray, iou_thresh: float, plugin_rules: bool) -> np.ndarray:

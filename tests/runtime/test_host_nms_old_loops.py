@@ -93,6 +93,20 @@ def test_plugin_rules_keep_equal_scores_in_class_order():
     assert batched_nms(boxes, scores, np.array([1, 0]), 0.5, 2).tolist() == [0, 1]  # the graph: by index
 
 
+def test_plugin_rules_look_past_max_keep_inside_a_score_tie():
+    # 2,000 disjoint boxes of one score, class 0 only at the end: enough boxes are kept long before
+    # it, but the plugin orders equal scores by class, so the last candidates come first.
+    n = 2000
+    x = np.arange(n, dtype=np.float32)[:, None] * 20
+    boxes = np.concatenate([x, x * 0, x + 10, x * 0 + 10], 1)
+    scores = np.full(n, 0.5, np.float32)
+    classes = np.ones(n, np.int64)
+    classes[-3:] = 0
+    got = batched_nms(boxes, scores, classes, 0.5, 5, plugin_rules=True)
+    assert got.tolist() == [n - 3, n - 2, n - 1, 0, 1]
+    assert got.tolist() == old.batched_nms(boxes, scores, classes, 0.5, 5, plugin_rules=True).tolist()
+
+
 LEVELS_128 = [2304, 576, 144, 36, 9]  # the demo's anchors at 128 px: 16x16 .. 1x1 cells, 9 anchors each
 
 
