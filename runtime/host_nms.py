@@ -69,6 +69,7 @@ def batched_nms(
 
 
 PAIRS_PER_STEP = 1 << 18  # box pairs an NMS step compares at most: its block of candidates shrinks to fit
+FIRST_BLOCK = 150  # candidates settled in the first block (then as many as the kept rate asks for)
 
 
 def _greedy_by_class(
@@ -77,10 +78,11 @@ def _greedy_by_class(
     """Ranks kept by greedy NMS per class of boxes [M, 4] / scores [M] sorted by descending score; ascending.
 
     Blocks of candidates in rank order, each settled exactly against the boxes kept before it
-    (``_settle_block``). Once max_keep boxes are kept, later candidates cannot be output and are never
-    compared (under ``plugin_rules`` the block must also end before a score tie: equal scores are
-    output by class). The first block holds 1.5 max_keep candidates (one block on typical images), a
-    further one what the kept rate so far predicts; each shrinks to at most PAIRS_PER_STEP pairs.
+    (``_settle_block``). Where a block kept fewer than half its boxes, its kept boxes then prune the
+    later candidates (``_suppressed``) and the next block at most doubles; otherwise the next block is
+    what the kept rate predicts max_keep needs. Each block shrinks to at most PAIRS_PER_STEP pairs.
+    Once max_keep boxes are kept, later candidates cannot be output and are never compared (under
+    ``plugin_rules`` the block must also end before a score tie: equal scores are output by class).
     (The plugin's limit of max_keep per class needs no step of its own: the output's max_keep best
     would hold a class's later boxes only if it had kept fewer.)
     """
@@ -93,45 +95,49 @@ def _greedy_by_class(
     num_groups = int(group.max()) + 1
     xy = np.ascontiguousarray(boxes.T)
     kept = np.zeros(0, np.int64)
-    lo, block = 0, max_keep + max_keep // 2 + 16
-    while lo < m:
-        hi = min(m, lo + block)
+    alive = np.arange(m)  # candidates not yet settled nor known suppressed, ascending
+    block = FIRST_BLOCK
+    while len(alive):
+        hi = min(len(alive), block)
         before = np.bincount(group[kept], minlength=num_groups)
-        while hi - lo > 1:
-            here = np.bincount(group[lo:hi], minlength=num_groups)
+        while hi > 1:
+            here = np.bincount(group[alive[:hi]], minlength=num_groups)
             if int((before * here + here * (here - 1) // 2).sum()) <= PAIRS_PER_STEP:
                 break
-            hi = lo + (hi - lo) // 2
-        kept = np.concatenate([kept, _settle_block(xy, group, kept, lo, hi, iou_thresh, plugin_rules)])
-        lo = hi
+            hi //= 2
+        new = _settle_block(xy, group, kept, alive[:hi], iou_thresh, plugin_rules)
+        kept, seen, alive = np.concatenate([kept, new]), alive[hi - 1], alive[hi:]
         if len(kept) >= max_keep:
-            if not plugin_rules or lo == m or scores[lo - 1] != scores[lo]:
+            if not plugin_rules or not len(alive) or scores[seen] != scores[alive[0]]:
                 break
             block *= 2  # inside a tie: only its end can stop the loop
-        else:
-            block = int((max_keep - len(kept)) * lo / max(len(kept), 1) * 1.25) + 16
+            continue
+        block = int((max_keep - len(kept)) * hi / max(len(new), 1) * 1.25) + 16  # from the kept rate
+        if 2 * len(new) < hi:  # most were suppressed: prune the rest with the new boxes, grow slowly
+            alive = alive[~_suppressed(xy, group, new, alive, iou_thresh, plugin_rules, num_groups)]
+            block = min(2 * hi, block)
     return kept
 
 
 def _settle_block(
-    xy: np.ndarray, group: np.ndarray, kept: np.ndarray, lo: int, hi: int, iou_thresh: float, plugin_rules: bool
+    xy: np.ndarray, group: np.ndarray, kept: np.ndarray, block: np.ndarray, iou_thresh: float, plugin_rules: bool
 ) -> np.ndarray:
-    """Ranks lo..hi-1 that greedy NMS keeps, given the ranks ``kept`` [K] before lo (ascending) and
-    boxes xy [4, M] / groups [M] in rank order; ascending.
+    """The ranks of ``block`` [B] (ascending, after every rank of ``kept``) that greedy NMS keeps, given
+    the ranks ``kept`` [K] kept before them (ascending) and boxes xy [4, M] / groups [M] in rank order.
 
     Every pair of one class with its later box in the block is compared once. Greedy NMS keeps box j
     exactly when no kept box before j suppresses it; iterated from "all kept", that rule fixes at least
     one more box per chain of suppressions a round and then stops changing, at greedy's answer
     (Cluster-NMS): a few rounds over the few overlapping pairs.
     """
-    nodes = np.concatenate([kept, np.arange(lo, hi)])
+    nodes = np.concatenate([kept, block])
     ranks = nodes[np.argsort(group[nodes], kind="stable")]  # by class, each class in rank order
     n, sorted_group = len(ranks), group[ranks]
     first = np.ones(n, bool)
     np.not_equal(sorted_group[1:], sorted_group[:-1], out=first[1:])
     starts, seg = np.flatnonzero(first), np.cumsum(first) - 1  # each class's first box, each box's class row
     ends = np.append(starts[1:], n)
-    earlier = ranks < lo  # kept before the block: a prefix of each class
+    earlier = ranks < block[0]  # kept before the block: a prefix of each class
     first_open = starts + np.add.reduceat(earlier, starts)
     at = np.arange(n)
     begin = np.maximum(at + 1, first_open[seg])  # each box's later partners: begin .. end of its class
@@ -151,6 +157,31 @@ def _settle_block(
                 break
             keep = settled
     return np.sort(ranks[keep & ~earlier])
+
+
+def _suppressed(
+    xy: np.ndarray,
+    group: np.ndarray,
+    kept: np.ndarray,
+    rest: np.ndarray,
+    iou_thresh: float,
+    plugin_rules: bool,
+    num_groups: int,
+) -> np.ndarray:
+    """Which ranks of ``rest`` [R] a box of ``kept`` [K] (ranked before them) suppresses: bool [R]. Skipped
+    (all False: the next blocks compare them anyway) where that takes more than PAIRS_PER_STEP pairs."""
+    by_group = np.argsort(group[rest], kind="stable")
+    sizes = np.bincount(group[rest], minlength=num_groups)
+    count = sizes[group[kept]]  # each kept box's partners: the rest of its class
+    total = int(count.sum())
+    hit = np.zeros(len(rest), bool)
+    if 0 < total <= PAIRS_PER_STEP:
+        offset = (np.cumsum(sizes) - sizes)[group[kept]] - (np.cumsum(count) - count)
+        dst = by_group[np.arange(total) + np.repeat(offset, count)]
+        kxy = np.take(xy, kept, axis=1)
+        over = _suppresses(np.repeat(kxy, count, axis=1), np.take(xy, rest[dst], axis=1), iou_thresh, plugin_rules)
+        hit[dst[over]] = True
+    return hit
 
 
 def _suppresses(a: np.ndarray, b: np.ndarray, iou_thresh: float, plugin_rules: bool) -> np.ndarray:
