@@ -4,13 +4,16 @@ Both implementations post-process the same candidate sets (dense outputs of real
 the same images), timed alternately with ``bench``'s timer, so each ratio comes from one run:
 
     python benchmarks/host_nms.py --out DIR [--images 8] [--iters 5] [--thresholds 0.05 0.001] [--json OUT]
-        [--model M.onnx ...]
+        [--model M.onnx ...] [--previous PREV.py] [--clock wall|thread]
 
 Without ``--model`` two ResNet-18 ``--nms none`` files are exported first (needs torch; random weights):
 a 256-px, 80-class one (``bench_detector.py``'s model: scores around sigmoid(-3) = 0.047, so at a 0.05
 threshold every top-k candidate of every level passes, the worst case) and one shaped like the demo's
 (128 px, 6 classes, 64 FPN channels, anchors 24..384 px) whose class bias ``--demo-cls-bias`` sets how
-many candidates pass the threshold. The old loops are ``tests/runtime/host_nms_reference.py``.
+many candidates pass the threshold. The old loops are ``tests/runtime/host_nms_reference.py``;
+``--previous`` times a third implementation alongside (another version of ``runtime/host_nms.py``,
+e.g. ``git show REV:runtime/host_nms.py > PREV.py``), and ``--clock thread`` counts this thread's CPU
+time instead of wall time (steadier on a shared machine).
 Per set it reports the candidates above the threshold and the detections kept (means per image), ms
 per image of each implementation (median and minimum of the timed passes) and on how many images both gave
 identical outputs, and the same detections (in any order of equal scores).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +36,10 @@ REFERENCE = Path(__file__).resolve().parents[1] / "tests/runtime/host_nms_refere
 DEMO_MODEL = dict(num_classes=6, fpn_channels=64, anchor_sizes=(24, 48, 96, 192, 384), backbone_norm="bn")
 
 
-def old_implementation():
-    """The per-class loops the runtime used before (the tests' reference), loaded from its file."""
-    spec = importlib.util.spec_from_file_location("host_nms_reference", REFERENCE)
+def load_implementation(path: Path = REFERENCE):
+    """A host NMS module loaded from its file: by default the per-class loops the runtime used before
+    (the tests' reference)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -80,7 +85,9 @@ def same_detections(a: dict, b: dict) -> bool:
     return identical(a, b) or rows(a) == rows(b)
 
 
-def measure(model: Path, num_images: int, thresholds: list[float], iters: int, old) -> list[dict]:
+def measure(
+    model: Path, num_images: int, thresholds: list[float], iters: int, old, previous=None, clock=None
+) -> list[dict]:
     from retina_deploy.runtime import host_nms
 
     boxes, scores, nms, levels = dense_outputs(model, num_images)
@@ -95,8 +102,9 @@ def measure(model: Path, num_images: int, thresholds: list[float], iters: int, o
         new_out, old_out = per_image(host_nms), per_image(old)
         cands = [int((scores[i][host_nms.topk_per_level(scores[i], levels, nms.topk_per_level)] > thresh).sum())
                  for i in range(n)]  # fmt: skip
-        timings = time_alternating([lambda sw: per_image(old), lambda sw: per_image(host_nms)], iters)
-        old_t, new_t = (summarize(t.total) for t in timings)
+        impls = [old, host_nms] + ([previous] if previous else [])
+        timings = time_alternating([lambda sw, m=m: per_image(m) for m in impls], iters, clock=clock)
+        old_t, new_t, *prev_t = (summarize(t.total) for t in timings)
 
         def ms(seconds: float) -> float:
             return round(seconds / n * 1e3, 3)
@@ -112,6 +120,13 @@ def measure(model: Path, num_images: int, thresholds: list[float], iters: int, o
             "identical_images": sum(identical(a, b) for a, b in zip(new_out, old_out, strict=True)),
             "same_detections_images": sum(same_detections(a, b) for a, b in zip(new_out, old_out, strict=True)),
         })  # fmt: skip
+        if previous:
+            prev_out = per_image(previous)
+            rows[-1].update({
+                "previous_ms_per_image": ms(prev_t[0].median), "previous_min_ms_per_image": ms(prev_t[0].min),
+                "speedup_vs_previous": round(prev_t[0].median / new_t.median, 2),
+                "identical_to_previous_images": sum(identical(a, b) for a, b in zip(new_out, prev_out, strict=True)),
+            })  # fmt: skip
     return rows
 
 
@@ -123,6 +138,10 @@ def print_rows(rows: list[dict]) -> None:
               f"{r['old_ms_per_image']:>7.2f} ({r['old_min_ms_per_image']:>6.2f}) {r['new_ms_per_image']:>6.2f} "
               f"({r['new_min_ms_per_image']:>5.2f}) {r['speedup']:>6.1f}x  {r['identical_images']} / "
               f"{r['same_detections_images']} of {r['images']}")  # fmt: skip
+        if "previous_ms_per_image" in r:
+            print(f"{'':<28} previous ms {r['previous_ms_per_image']:.2f} ({r['previous_min_ms_per_image']:.2f}), "
+                  f"new {r['speedup_vs_previous']:.2f}x faster, identical on {r['identical_to_previous_images']} "
+                  f"of {r['images']}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -134,14 +153,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.001], help="score thresholds")
     parser.add_argument("--demo-cls-bias", type=float, default=-3.4,
                         help="class bias of the default demo-shaped model (default -3.4)")  # fmt: skip
+    parser.add_argument("--previous", type=Path, help="another host_nms.py, timed alongside (default: none)")
+    parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                        help="wall time, or this thread's CPU time (default wall)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
     for name in ("images", "iters"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
+    if args.previous and not args.previous.is_file():
+        parser.error(f"--previous {args.previous}: no such file")
     models = args.model or default_models(args.out, args.demo_cls_bias)
-    old = old_implementation()
-    rows = [row for model in models for row in measure(model, args.images, args.thresholds, args.iters, old)]
+    old, previous = load_implementation(), args.previous and load_implementation(args.previous)
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
+    rows = [row for model in models
+            for row in measure(model, args.images, args.thresholds, args.iters, old, previous, clock)]  # fmt: skip
     print_rows(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
