@@ -63,9 +63,9 @@ class OnnxModel:
             raise ModelFileError(f"{path}: no such ONNX file")
         data = path.read_bytes()
         options = ort.SessionOptions()
-        # Worker threads spin between the graph's operators as usual, but stop when run() returns: the host
-        # post-processing that follows (--nms none files) gets the cores (BENCHMARKS.md, "CPU backends").
-        options.add_session_config_entry("session.force_spinning_stop", "1")
+        # Worker threads sleep instead of spinning while they wait: on a shared 2-core CPU faster end to end, and
+        # the host post-processing after run() (--nms none files) gets the cores (BENCHMARKS.md, "CPU backends").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = threads
         if efficient_nms_ort.has_efficient_nms(data):

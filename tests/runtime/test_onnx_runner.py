@@ -102,10 +102,10 @@ def test_batches_above_max_are_chunked(files):
             np.testing.assert_allclose(whole[k][i], single[k][0], rtol=1e-5, atol=1e-5)
 
 
-def test_worker_threads_stop_spinning_when_a_run_returns(files):
+def test_worker_threads_do_not_spin(files):
     # The host's post-processing of --nms none files runs right after run(): the cores must be free.
     options = OnnxModel.load(files["none"], threads=2).session.get_session_options()
-    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.intra_op_num_threads == 2
 
 
