@@ -17,9 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-from retina_deploy.bench import load_images
-from retina_deploy.runtime.bench_run import DetectorTarget, batches_of
-from retina_deploy.runtime.bench_stats import summarize, time_alternating
+from retina_deploy.inference.bench import load_images
+from retina_deploy.runtime.bench.run import DetectorTarget, batches_of
+from retina_deploy.runtime.bench.stats import summarize, time_alternating
 
 BACKENDS = ("ort-cpu", "openvino")
 

@@ -42,11 +42,11 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from retina_deploy.config import BACKBONE_CHANNELS
 from retina_deploy.data.coco import load_coco
 from retina_deploy.data.dataset import DetectionDataset, collate_detections
-from retina_deploy.predict import TorchPredictor, evaluate_predictor
-from retina_deploy.runtime.preprocess import PreprocessConfig
+from retina_deploy.inference.predict import TorchPredictor, evaluate_predictor
+from retina_deploy.model.config import BACKBONE_CHANNELS
+from retina_deploy.runtime.image.preprocess import PreprocessConfig
 from retina_deploy.training.config import SCHEDULES
 from retina_deploy.training.distributed import BatchList, epoch_batches
 from retina_deploy.training.ema import ModelEMA

@@ -27,7 +27,7 @@ def coco_metrics(
 ) -> dict[str, float | None]:
     """COCO box metrics (``AP``, ``AP50``, ... in [0, 1]) of an ONNX file run by ONNX Runtime on the CPU."""
     from retina_deploy.data.coco import load_coco
-    from retina_deploy.predict import evaluate_predictor, load_predictor
+    from retina_deploy.inference.predict import evaluate_predictor, load_predictor
 
     coco = load_coco(images_dir, annotations)
     predictor = load_predictor(onnx_path, device="cpu")
@@ -108,8 +108,8 @@ def emulate_fp16_storage(fp32_path: str | os.PathLike, out_path: str | os.PathLi
     """
     from onnx import helper, numpy_helper
 
-    from retina_deploy.artifacts import save_onnx
     from retina_deploy.calib.graph import load_graph, tail_node_names
+    from retina_deploy.runtime.contract.onnx_files import save_onnx
 
     model, meta = load_graph(fp32_path)
     model = onnx.shape_inference.infer_shapes(model)

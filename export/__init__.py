@@ -6,5 +6,5 @@
   NonMaxSuppression / EfficientNMS_TRT / dense outputs).
 - ``engine_builder``: ``build_engine(onnx, cfg, out)`` (``retina-deploy build-engine``).
 
-Reading and writing our ONNX files (metadata included) is ``retina_deploy.artifacts``.
+Reading and writing our ONNX files (metadata included) is ``retina_deploy.core.artifacts``.
 """

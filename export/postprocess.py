@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from retina_deploy.model import box_coder
-from retina_deploy.runtime.host_nms import efficient_nms
+from retina_deploy.runtime.post.host_nms import efficient_nms
 
 EFFICIENT_NMS_DOMAIN = "TRT"  # the domain TensorRT users emit the plugin in; the parser matches on op type
 _NOT_A_CANDIDATE = -1.0  # below any score threshold >= 0, for every backend's > or >= comparison

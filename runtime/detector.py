@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retina_deploy.errors import ImageError, ModelFileError
-from retina_deploy.runtime.argcheck import int_at_least
-from retina_deploy.runtime.detections import Detections, make_detections
-from retina_deploy.runtime.host_nms import detections_from_dense
-from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS, as_rgb_array, load_image
-from retina_deploy.runtime.output_checks import check_dense, check_detections, detection_arrays, output_array
-from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
-from retina_deploy.runtime.spec import Backend, ImageInput, ModelSpec
+from retina_deploy.core.argcheck import int_at_least
+from retina_deploy.core.errors import ImageError, ModelFileError
+from retina_deploy.runtime.contract.output_checks import check_dense, check_detections, detection_arrays, output_array
+from retina_deploy.runtime.contract.spec import Backend, ImageInput, ModelSpec
+from retina_deploy.runtime.image.image_io import DEFAULT_MAX_PIXELS, as_rgb_array, load_image
+from retina_deploy.runtime.image.preprocess import PreprocessConfig, preprocess
+from retina_deploy.runtime.post.detections import Detections, make_detections
+from retina_deploy.runtime.post.host_nms import detections_from_dense
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class Detector:
         return self.run_prepared([self.prepare(image, channel_order=channel_order)])[0]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """The ``retina_deploy.predict.Predictor`` interface: RGB uint8 arrays [h, w, 3]."""
+        """The ``retina_deploy.inference.predict.Predictor`` interface: RGB uint8 arrays [h, w, 3]."""
         return self.detect(images)
 
     def prepare(self, image: ImageInput, *, channel_order: str = "rgb", index: int | None = None) -> PreparedImage:

@@ -23,12 +23,21 @@ FOLDERS = {  # import prefix -> source folder (pyproject's package-dir)
     "retina_deploy.export": ROOT / "export",
     "retina_deploy": ROOT / "retina_deploy",
 }
-SHARED = ("retina_deploy", "retina_deploy.errors", "retina_deploy.fileio", "retina_deploy.artifacts")
+SHARED = ("retina_deploy", "retina_deploy.core.errors", "retina_deploy.core.fileio", "retina_deploy.core.artifacts")
 RULES = {
     # stage: (allowed prefixes of our modules, forbidden third-party top-level modules)
     "runtime": (("retina_deploy.runtime", *SHARED), ("torch", "torchvision")),
-    "calib": (("retina_deploy.calib", "retina_deploy.runtime", "retina_deploy.data", "retina_deploy.predict",
-               "retina_deploy.evaluate", *SHARED), ("torch", "torchvision")),  # fmt: skip
+    "calib": (
+        (
+            "retina_deploy.calib",
+            "retina_deploy.runtime",
+            "retina_deploy.data",
+            "retina_deploy.inference.predict",
+            "retina_deploy.evaluation.metrics",
+            *SHARED,
+        ),
+        ("torch", "torchvision"),
+    ),  # fmt: skip
 }
 
 
@@ -106,7 +115,7 @@ def test_stage_imports_only_what_it_may(stage):
         ("runtime", "def f():\n    from retina_deploy.training.run import train\n"),
         ("runtime", "from retina_deploy.export.onnx_export import export_onnx\n"),
         ("runtime", "from ..calib import int8\n"),
-        ("calib", "from retina_deploy.export.engine_builder import build_engine\n"),
+        ("calib", "from retina_deploy.export.engine.builder import build_engine\n"),
     ],
 )
 def test_a_forbidden_import_is_caught(stage, source):

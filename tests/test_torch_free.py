@@ -25,11 +25,13 @@ def test_runtime_and_calib_import_without_torch():
     code = """
 import importlib, pkgutil
 import retina_deploy, retina_deploy.runtime, retina_deploy.calib
-for pkg in (retina_deploy.runtime, retina_deploy.calib):
-    for m in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(pkg.__name__ + "." + m.name)
-import retina_deploy.artifacts, retina_deploy.predict
-import retina_deploy.errors, retina_deploy.fileio, retina_deploy.config, retina_deploy.evaluate
+import retina_deploy.core
+for pkg in (retina_deploy.core, retina_deploy.runtime, retina_deploy.calib):
+    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        importlib.import_module(m.name)
+import retina_deploy.core.artifacts, retina_deploy.inference.predict
+import retina_deploy.core.errors, retina_deploy.core.fileio, retina_deploy.model.config
+import retina_deploy.evaluation.metrics
 print("ok", "torch" in sys.modules)
 """
     result = run_without_torch(code)
@@ -45,12 +47,12 @@ def test_detector_end_to_end_without_torch(tmp_path):
     import torch
     from PIL import Image
 
-    from retina_deploy.checkpoint import save_checkpoint
-    from retina_deploy.config import ModelConfig
     from retina_deploy.export.onnx_export import ExportConfig, export_onnx
+    from retina_deploy.inference.predict import TorchPredictor
     from retina_deploy.model import build_model
-    from retina_deploy.predict import TorchPredictor
-    from retina_deploy.runtime.preprocess import PreprocessConfig
+    from retina_deploy.model.checkpoint import save_checkpoint
+    from retina_deploy.model.config import ModelConfig
+    from retina_deploy.runtime.image.preprocess import PreprocessConfig
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="resnet18", num_classes=2, head_norm="groupnorm"))

@@ -49,7 +49,7 @@ def build_one(ctx: CheckContext, onnx: Path, flavour: str, precision: str) -> di
     """``build_engine`` of ``onnx`` in ``precision``; the engine and its baked ONNX file go in ctx.artifacts."""
     from retina_deploy.calib.int8 import CalibConfig
     from retina_deploy.calib.quantize import Int8Config
-    from retina_deploy.export.engine_builder import EngineBuildConfig, build_engine
+    from retina_deploy.export.engine.builder import EngineBuildConfig, build_engine
 
     plan = ctx.plan
     int8 = None
@@ -154,8 +154,8 @@ def _can_run_engines(ctx: CheckContext, flavour: str) -> str | None:
     if importlib_find("cuda") is None:
         return "missing package: cuda-python (the TensorRT backend's CUDA bindings)"
     if flavour == "tensorrt-rtx":
-        from retina_deploy.runtime.trt_backend import import_tensorrt
-        from retina_deploy.runtime.trt_support import rtx_capabilities
+        from retina_deploy.runtime.backends.tensorrt import import_tensorrt
+        from retina_deploy.runtime.backends.trt_support import rtx_capabilities
 
         trt = import_tensorrt(flavour)
         supported, capability = rtx_capabilities(trt), "{}.{}".format(*torch.cuda.get_device_capability(0))
@@ -178,7 +178,7 @@ def part_trt_engines(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
     require_modules("torch", "retina_deploy.runtime")
     if not ctx.dry_run:
         ctx.require_gpu()
-    from retina_deploy.runtime.trt_backend import installed_flavours
+    from retina_deploy.runtime.backends.tensorrt import installed_flavours
 
     flavours = installed_flavours()
     if not flavours:

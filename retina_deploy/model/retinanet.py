@@ -6,10 +6,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from retina_deploy.config import ModelConfig
 from retina_deploy.model import box_coder
 from retina_deploy.model.anchors import anchors_for_grids
 from retina_deploy.model.backbone import BackboneWithFPN
+from retina_deploy.model.config import ModelConfig
 from retina_deploy.model.head import RetinaNetHead
 from retina_deploy.model.loss import retinanet_loss
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retina_deploy.config import ModelConfig
-from retina_deploy.errors import ConfigError
-from retina_deploy.runtime.preprocess import PreprocessConfig, from_dict_strict
+from retina_deploy.core.errors import ConfigError
+from retina_deploy.core.strict import from_dict_strict
+from retina_deploy.model.config import ModelConfig
+from retina_deploy.runtime.image.preprocess import PreprocessConfig
 from retina_deploy.training import run_files
 
 SCHEDULES = ("cosine", "flat-cosine", "step")  # the lr decays, see training.optim.LRSchedule

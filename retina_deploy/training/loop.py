@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from retina_deploy.core.errors import ConfigError
+from retina_deploy.core.fileio import atomic_path
 from retina_deploy.data.dataset import DetectionTarget
-from retina_deploy.errors import ConfigError
-from retina_deploy.fileio import atomic_path
 from retina_deploy.training.distributed import DistInfo, all_reduce_
 from retina_deploy.training.optim import set_lr
 

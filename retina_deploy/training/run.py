@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from retina_deploy.checkpoint import save_checkpoint
+from retina_deploy.core.errors import ConfigError, DatasetError
 from retina_deploy.data.coco import CocoDataset, load_coco
 from retina_deploy.data.dataset import DetectionDataset, collate_detections
-from retina_deploy.errors import ConfigError, DatasetError
-from retina_deploy.predict import TorchPredictor, evaluate_predictor
-from retina_deploy.runtime.preprocess import PreprocessConfig
+from retina_deploy.inference.predict import TorchPredictor, evaluate_predictor
+from retina_deploy.model.checkpoint import save_checkpoint
+from retina_deploy.runtime.image.preprocess import PreprocessConfig
 from retina_deploy.training import distributed, run_files
 from retina_deploy.training.config import PATH_FIELDS, RESUME_OVERRIDABLE, TrainConfig
 from retina_deploy.training.ema import ModelEMA

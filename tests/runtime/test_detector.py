@@ -5,17 +5,17 @@ import threading
 
 import numpy as np
 import pytest
-from detector_models import CLASS_NAMES, checkpoint, exported, images, match_detections
 from PIL import Image
+from testkit.detector_models import CLASS_NAMES, checkpoint, exported, images, match_detections
 
-from retina_deploy.errors import ConfigError, ImageError, ModelFileError
-from retina_deploy.runtime.detections import Detections
+from retina_deploy.core.errors import ConfigError, ImageError, ModelFileError
 from retina_deploy.runtime.detector import Detector
+from retina_deploy.runtime.post.detections import Detections
 
 
 @pytest.fixture(scope="module")
 def torch_detections():
-    from retina_deploy.predict import TorchPredictor
+    from retina_deploy.inference.predict import TorchPredictor
 
     predictor = TorchPredictor.from_checkpoint(checkpoint())
     return [predictor.predict([img])[0] for img in images()]
@@ -161,7 +161,7 @@ def test_backend_choice_is_checked(tmp_path):
 
 
 def test_load_predictor_uses_the_detector_for_onnx(tmp_path):
-    from retina_deploy.predict import load_predictor, predict_files
+    from retina_deploy.inference.predict import load_predictor, predict_files
 
     predictor = load_predictor(exported("onnx"), device="cpu")
     assert isinstance(predictor, Detector)
