@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retina_deploy import __version__
 from retina_deploy.calib.fp16 import Fp16Summary
-from retina_deploy.calib.quantize import Int8Config, Int8Result
+from retina_deploy.calib.quantize import Int8Result
 from retina_deploy.core.artifacts import PRECISIONS
-from retina_deploy.core.errors import ConfigError, ModelFileError
+from retina_deploy.core.errors import ModelFileError
 from retina_deploy.core.fileio import sha256_file, write_bytes_atomic
-from retina_deploy.export.engine.flavours import FLAVOUR_CHOICES, Flavour, resolve_flavour
-from retina_deploy.export.engine.legacy_precision import legacy_calibrator_name
+from retina_deploy.export.engine.config import Baked, EngineBuildConfig
+from retina_deploy.export.engine.flavours import Flavour, resolve_flavour
 from retina_deploy.export.engine.steps import (
-    Baked,
     bake_precision,
     build_serialized,
     check_engine,
@@ -43,61 +42,7 @@ from retina_deploy.export.engine.steps import (
     timing_cache_write,
 )
 from retina_deploy.runtime.contract.manifest import EngineManifest, fields_from_onnx_metadata, write_manifest
-from retina_deploy.runtime.contract.onnx_metadata import OnnxMetadata, check_batch_range
-
-
-@dataclass(frozen=True)
-class EngineBuildConfig:
-    """Options of ``build_engine``.
-
-    precision: None (build the ONNX file's own precision), "fp32", "fp16" or "int8" (baked into a new
-        ONNX file first, or set with builder flags under ``legacy_precision``).
-    batch: (MIN, OPT, MAX) of the optimization profile, inside the ONNX file's range (None: the file's).
-    workspace_gib: builder workspace limit in GiB (None: TensorRT's default, the device memory).
-    timing_cache: a timing cache file, read if present and written back (tensorrt only).
-    flavour: "auto", "tensorrt" or "tensorrt-rtx".
-    dla_core: run on this DLA core (Jetson; FP16 / INT8 only, a fixed batch: MIN = OPT = MAX), with GPU
-        fallback when ``gpu_fallback``.
-    legacy_precision: TensorRT < 11: builder flags (+ IInt8EntropyCalibrator2) on the FP32 file.
-    int8: calibration options, required to make an INT8 file (or a legacy INT8 engine).
-    precision_onnx: where the baked ONNX goes (None: ``<onnx stem>.<precision>.onnx`` beside the engine).
-    optimization_level: builder optimization level 0..5 (None: TensorRT's default, 3).
-    """
-
-    precision: str | None = None
-    batch: tuple[int, int, int] | None = None
-    workspace_gib: float | None = None
-    timing_cache: Path | None = None
-    flavour: str = "auto"
-    dla_core: int | None = None
-    gpu_fallback: bool = True
-    legacy_precision: bool = False
-    int8: Int8Config | None = None
-    precision_onnx: Path | None = None
-    optimization_level: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.batch is not None:
-            object.__setattr__(self, "batch", check_batch_range(tuple(self.batch)))
-        if self.flavour not in FLAVOUR_CHOICES:
-            raise ConfigError(f"flavor must be one of {', '.join(FLAVOUR_CHOICES)}, got {self.flavour!r}")
-        if self.workspace_gib is not None and not float(self.workspace_gib) > 0:
-            raise ConfigError(f"workspace must be > 0 GiB, got {self.workspace_gib}")
-        if self.dla_core is not None and int(self.dla_core) < 0:
-            raise ConfigError(f"dla-core must be >= 0, got {self.dla_core}")
-        if self.optimization_level is not None and not 0 <= int(self.optimization_level) <= 5:
-            raise ConfigError(f"optimization level must be in 0..5, got {self.optimization_level}")
-        for name in ("timing_cache", "precision_onnx"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, Path(getattr(self, name)))
-        if self.legacy_precision and self.int8 is not None:
-            legacy_calibrator_name(self.int8.calib.method)  # a method TensorRT's calibrators cannot honour fails here
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able values (recorded in the manifest's ``extra.build_config``)."""
-        return _jsonable(asdict(self))
+from retina_deploy.runtime.contract.onnx_metadata import OnnxMetadata
 
 
 @dataclass(frozen=True)
@@ -164,14 +109,6 @@ def build_engine(
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
     )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
 
 
 def _load_metadata(onnx_path: str | os.PathLike) -> OnnxMetadata:

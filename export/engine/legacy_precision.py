@@ -25,30 +25,21 @@ import numpy as np
 from retina_deploy.calib.sampler import CalibSet
 from retina_deploy.core.errors import ConfigError
 from retina_deploy.core.fileio import write_bytes_atomic, write_json_atomic
+from retina_deploy.export.engine.config import (
+    LEGACY_CALIBRATORS,
+    Baked,
+    EngineBuildConfig,
+    ParsedNetwork,
+    legacy_calibrator_name,
+)
 from retina_deploy.export.engine.flavours import Flavour
 
 if TYPE_CHECKING:  # TensorRT objects are typed by name only: the module may be absent
     import tensorrt as trt
 
-    from retina_deploy.export.engine.builder import EngineBuildConfig
-    from retina_deploy.export.engine.steps import Baked, ParsedNetwork
-
-# --calib-method -> TensorRT's calibrator class (TensorRT < 11 only)
-LEGACY_CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
-
 
 def _key_path(cache: Path) -> Path:
     return cache.with_name(cache.name + ".key.json")
-
-
-def legacy_calibrator_name(method: str) -> str:
-    """TensorRT's calibrator class for a calibration method; ConfigError for one it does not have."""
-    if method not in LEGACY_CALIBRATORS:
-        raise ConfigError(
-            f"--legacy-precision calibrates with TensorRT's own calibrators: --calib-method "
-            f"{' or '.join(LEGACY_CALIBRATORS)}, not {method!r}"
-        )
-    return LEGACY_CALIBRATORS[method]
 
 
 def make_legacy_calibrator(

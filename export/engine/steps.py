@@ -1,6 +1,6 @@
 """The steps of ``build_engine``: input checks, precision baking, parsing, builder config, build, checks.
 
-Each step takes explicit arguments and raises a typed error with one clear line; ``engine_builder``
+Each step takes explicit arguments and raises a typed error with one clear line; ``builder``
 only sequences them.
 """
 
@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from retina_deploy.calib.fp16 import Fp16Summary, write_fp16_onnx
-from retina_deploy.calib.quantize import Int8Result, quantize_int8
+from retina_deploy.calib.fp16 import write_fp16_onnx
+from retina_deploy.calib.quantize import quantize_int8
 from retina_deploy.core.artifacts import ENGINE_SUFFIXES, baked_path
 from retina_deploy.core.errors import ConfigError, ModelFileError
 from retina_deploy.core.fileio import sha256_file, write_bytes_atomic
+from retina_deploy.export.engine.config import Baked, EngineBuildConfig, ParsedNetwork
 from retina_deploy.export.engine.flavours import EngineBuildError, Flavour
 from retina_deploy.export.engine.precision import (
     check_engine_precision,
@@ -32,40 +32,6 @@ from retina_deploy.runtime.contract.onnx_metadata import OnnxMetadata
 
 if TYPE_CHECKING:  # TensorRT objects are typed by name only: the module may be absent
     import tensorrt as trt
-
-    from retina_deploy.export.engine.builder import EngineBuildConfig
-
-
-@dataclass(frozen=True)
-class Baked:
-    """The ONNX file the network is parsed from, and how it got its precision.
-
-    path: that file. precision: the engine's precision ("fp32" for the file itself under legacy flags
-    is still reported as the requested one). source_sha256: the FP32 export's sha256. meta: its metadata.
-    qdq_convs / fp32_convs: convolutions with / without Q/DQ inputs in an INT8 file.
-    """
-
-    path: Path
-    precision: str
-    source_sha256: str
-    meta: OnnxMetadata
-    fp16: Fp16Summary | None = None
-    int8: Int8Result | None = None
-    qdq_convs: int = 0
-    fp32_convs: int = 0
-    legacy_cache: Path | None = None  # TensorRT's calibration cache (legacy INT8), beside the engine
-
-
-@dataclass
-class ParsedNetwork:
-    """A parsed network and what must outlive it until the build ends (the parser owns the weights)."""
-
-    builder: trt.Builder
-    network: trt.INetworkDefinition
-    parser: trt.OnnxParser
-    logger: trt.ILogger
-    keepalive: list[object] = field(default_factory=list)  # objects the builder uses without owning
-    is_rtx: bool = False  # TensorRT-RTX: its own hints (no NMS layer, no plugins)
 
 
 def check_output_path(out_path: str | os.PathLike) -> Path:
@@ -226,7 +192,7 @@ def parse_network(flavour: Flavour, path: Path, *, strongly_typed: bool) -> Pars
 
 
 def check_network(parsed: ParsedNetwork, baked: Baked, *, legacy: bool) -> dict[str, Any]:
-    """The network-level precision check (``engine_precision``); its record for the manifest."""
+    """The network-level precision check (``precision``); its record for the manifest."""
     counts = network_precision(parsed.network)
     if legacy:
         return {"counts": counts, "result": "not applicable: weak typing, TensorRT picks precisions while building"}

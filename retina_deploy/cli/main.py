@@ -281,7 +281,7 @@ def _demo(args) -> int:
     return 0
 
 
-_DEMO_SETTINGS = {  # recipe field -> help text; the defaults are retina_deploy.demo.pipeline:DemoRecipe's
+_DEMO_SETTINGS = {  # recipe field -> help text; the defaults are retina_deploy.demo.recipe:DemoRecipe's
     "size": "input size (square, multiple of 128) and longest side of the synthetic images",
     "train_images": "training length in images seen (iterations = images // batch size)",
     "num_train": "synthetic training images",
@@ -297,7 +297,7 @@ def _add_demo(sub) -> None:
     )
     p = add_verb(sub, "demo", help_, _demo)
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (a previous demo's is reused)")
-    recipe = "retina_deploy.demo.pipeline:DemoRecipe"
+    recipe = "retina_deploy.demo.recipe:DemoRecipe"
     for name, text in _DEMO_SETTINGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=int, help=LibraryDefault(text, f"{recipe}.{name}"))
     p.add_argument("--backbone", help=LibraryDefault("resnet18, 34, 50, 101 or 152", f"{recipe}.backbone"))

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from retina_deploy.core.errors import RetinaDeployError
 
-# TrainConfig fields that are not plain ``--flag`` options of the verb.
-_NOT_FLAGS = ("images", "annotations", "out", "resume")
-
 
 def run_train(args) -> int:
-    from retina_deploy.training.config import TrainConfig
+    from retina_deploy.training.config import TrainConfig, train_flag_fields
     from retina_deploy.training.init_model import fine_tune_config
     from retina_deploy.training.run import train
 
@@ -40,13 +36,6 @@ def run_train(args) -> int:
     written = [f"{name}/" for name in ("best", "last") if (cfg.out / name / "config.json").is_file()]
     print(f"run folder {run_dir}: {' and '.join(written) or 'no'} checkpoint(s), metrics.csv")
     return 0
-
-
-def train_flag_fields() -> list[str]:
-    """The TrainConfig fields set by ``--flag`` (each has one: tests/test_cli.py checks)."""
-    from retina_deploy.training.config import TrainConfig
-
-    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_FLAGS]
 
 
 def add_train_arguments(p) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from retina_deploy.demo.pipeline import DemoRecipe
+    from retina_deploy.demo.recipe import DemoRecipe
 
 CHECKPOINT_RUNTIME, ORT_RUNTIME = "PyTorch (CPU)", "ONNX Runtime (CPU)"
 ONNX_FP32, ONNX_NMS_NONE = "model.onnx", "model.nms-none.onnx"
@@ -124,7 +124,7 @@ def train_config(out: Path, recipe: DemoRecipe):
 
 def train_command(cfg) -> str:
     """``retina-deploy train`` with every flag whose value is not the verb's default."""
-    from retina_deploy.cli.train import train_flag_fields
+    from retina_deploy.training.config import train_flag_fields
 
     defaults = type(cfg)(images=cfg.images, annotations=cfg.annotations, out=cfg.out, iters=1)
     args: list[Any] = ["train"]

@@ -228,3 +228,9 @@ def _validate(cfg: TrainConfig) -> None:
         len(cfg.scale_jitter) == 2 and 0 < cfg.scale_jitter[0] <= cfg.scale_jitter[1]
     ):
         raise ConfigError(f"scale_jitter must be (low, high) with 0 < low <= high, got {cfg.scale_jitter!r}")
+
+
+def train_flag_fields() -> list[str]:
+    """The TrainConfig fields that ``retina-deploy train`` sets with a ``--flag`` of the same name: all but the
+    training set, the run folder and ``resume`` (tests/retina_deploy/cli/test_cli.py checks each has one)."""
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("images", "annotations", "out", "resume")]

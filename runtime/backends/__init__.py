@@ -7,10 +7,10 @@ Backend names:
   its manifest.
 - ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``: ONNX Runtime with that execution provider (CUDA and
   TensorRT providers fall back to CPU for unsupported nodes, as ONNX Runtime does).
-- ``openvino``: OpenVINO on the CPU (``openvino_backend``; ``pip install 'retina-deploy[openvino]'``).
+- ``openvino``: OpenVINO on the CPU (``openvino``; ``pip install 'retina-deploy[openvino]'``).
 - ``tensorrt``, ``tensorrt-rtx``: an engine with that flavour (it must match the manifest).
 - ``triton``: a model on a Triton Inference Server, named by a ``triton://host:port/model`` URL
-  (``auto`` picks it for such a URL); see ``triton_backend``.
+  (``auto`` picks it for such a URL); see ``triton``.
 """
 
 from __future__ import annotations

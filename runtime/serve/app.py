@@ -13,7 +13,7 @@ Admission is decided on the event loop before any decoding: a request whose imag
 the queue gets 503 with ``Retry-After`` at once. Errors are JSON ``{"error": message}``: 400 for a
 bad image or parameter (naming it), 404 unknown route, 413 body over the limit, 503 not ready,
 draining or queue full, 504 no result in time. A client that leaves mid-body is counted as 499.
-SIGTERM: see ``serve_runner`` (new requests 503, in-flight ones finish until the drain timeout).
+SIGTERM: see ``runner`` (new requests 503, in-flight ones finish until the drain timeout).
 """
 
 from __future__ import annotations

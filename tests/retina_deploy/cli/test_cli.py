@@ -153,7 +153,8 @@ def test_bad_input_is_one_line_exit_1(tmp_path, monkeypatch, capsys, argv, messa
 
 def test_every_train_config_field_has_a_train_flag(monkeypatch):
     """A TrainConfig field without a flag would be silently left at its default."""
-    from retina_deploy.cli import train as cli_train
+    from retina_deploy.training.config import train_flag_fields
+
 
     seen = {}
     monkeypatch.setattr("retina_deploy.training.run.train", lambda cfg: seen.setdefault("cfg", cfg))
@@ -161,7 +162,7 @@ def test_every_train_config_field_has_a_train_flag(monkeypatch):
         ["train", "--images", "i", "--annotations", "a.json", "--out", "o", "--iters", "3",
          "--fpn-channels", "64", "--anchor-sizes", "16", "32", "64", "128", "256", "--scale-jitter", "0.8", "1.2"]
     )  # fmt: skip
-    assert all(hasattr(args, name) for name in cli_train.train_flag_fields())
+    assert all(hasattr(args, name) for name in train_flag_fields())
     assert args.func(args) == 0
     cfg = seen["cfg"]
     assert (cfg.fpn_channels, cfg.anchor_sizes) == (64, (16, 32, 64, 128, 256))

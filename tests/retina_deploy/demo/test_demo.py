@@ -9,7 +9,8 @@ import pytest
 
 from retina_deploy.cli.main import build_parser, main
 from retina_deploy.core.errors import ConfigError
-from retina_deploy.demo.pipeline import DEMO_RECIPE, MARKER, run_demo
+from retina_deploy.demo.pipeline import MARKER, run_demo
+from retina_deploy.demo.recipe import DEMO_RECIPE
 
 TINY = dict(
     num_train=8, num_val=4, size=128, train_images=8, calib_num=8, bench_warmup_s=0.05, bench_duration_s=0.1,
