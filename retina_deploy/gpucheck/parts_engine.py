@@ -267,7 +267,7 @@ def part_cpp_trt(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
         raise Skip("built and tested the core only: CMake found no TensorRT headers/library (set TENSORRT_ROOT)")
     rec.summary = "TensorRT backend built" + (", tests pass" if "ctest" in rec.figures else "")
     # C++ vs Python detections on one engine (retina_infer --json vs Detector), CUDA graphs off and on.
-    parity = REPO / "tests" / "runtime" / "test_cpp_trt_parity.py"
+    parity = REPO / "tests" / "runtime" / "cpp" / "test_cpp_trt_parity.py"
     if parity.is_file() and importlib.util.find_spec("pytest") is not None:
         clock.require(60, "C++ TensorRT parity")
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(parity)]
