@@ -123,7 +123,8 @@ def wait_ready(client, base: str, timeout_s: float = 60) -> None:
 
 
 def serve_fake_main(delay_s: float = 2.0, drain_timeout_s: float = 20.0) -> None:
-    """``python -c 'import serve_fakes; serve_fakes.serve_fake_main()'``: run_server with a slow fake model
+    """``python -c 'from testkit import serve_fakes; serve_fakes.serve_fake_main()'``
+    (from tests/): run_server with a slow fake model
     (each batch after the warm-up takes ``delay_s``); exits with run_server's return value."""
     import sys
 

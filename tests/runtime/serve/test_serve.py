@@ -24,7 +24,7 @@ from testkit.serve_fakes import expected, fake_detector, png, running, wait_read
 from retina_deploy.core.errors import ConfigError
 from retina_deploy.runtime.serve.app import ServeConfig, create_app
 
-HERE = Path(__file__).parent
+TESTS = Path(__file__).parents[2]  # holds testkit/: the fake server's working folder
 
 
 def _app(load=None, **cfg):
@@ -421,7 +421,8 @@ def _drain_check(proc: subprocess.Popen, base: str, bodies: list[bytes]) -> tupl
 
 def _fake_server(**kw) -> tuple[subprocess.Popen, str]:
     args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
-    return _start([sys.executable, "-c", f"import serve_fakes; serve_fakes.serve_fake_main({args})"], HERE)
+    code = f"from testkit import serve_fakes; serve_fakes.serve_fake_main({args})"
+    return _start([sys.executable, "-c", code], TESTS)
 
 
 def test_sigterm_drains_in_flight_requests():
