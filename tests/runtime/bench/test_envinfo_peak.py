@@ -25,7 +25,7 @@ def test_machine_load_and_peak_rss():
     assert len(load["top"]) <= 3
     # In a fresh process: a long-lived one may serve the block from heap pages already resident.
     code = (
-        "from retina_deploy.runtime import envinfo\n"
+        "from retina_deploy.runtime.bench import envinfo\n"
         "envinfo.peak_rss_reset(); before = envinfo.peak_rss_bytes()\n"
         "block = bytearray(64 * 2**20); block[::4096] = b'\\x01' * len(block[::4096])  # touch 64 MiB\n"
         "print(envinfo.peak_rss_bytes() - before)\n"
