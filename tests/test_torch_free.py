@@ -29,9 +29,9 @@ import retina_deploy.core
 for pkg in (retina_deploy.core, retina_deploy.runtime, retina_deploy.calib):
     for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
         importlib.import_module(m.name)
-import retina_deploy.core.artifacts, retina_deploy.inference.predict
+import retina_deploy.core.artifacts, retina_deploy.inference.predict, retina_deploy.inference.open
 import retina_deploy.core.errors, retina_deploy.core.fileio, retina_deploy.model.config
-import retina_deploy.evaluation.metrics
+import retina_deploy.evaluation.metrics, retina_deploy.evaluation.loop
 print("ok", "torch" in sys.modules)
 """
     result = run_without_torch(code)
