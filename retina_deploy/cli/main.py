@@ -34,12 +34,6 @@ def _check_batch_size(value: int) -> None:
         raise RetinaDeployError(f"--batch-size must be >= 1, got {value}")
 
 
-def _check_device(device: str) -> None:
-    from retina_deploy.runtime.backends import gpu_index
-
-    gpu_index(device)
-
-
 # -- make-shapes ---------------------------------------------------------------------------------
 
 
@@ -114,14 +108,15 @@ def _add_convert_weights(sub) -> None:
 
 
 def _add_device_flags(p) -> None:
-    from retina_deploy.runtime.backends import BACKENDS
+    from retina_deploy.inference.open import BACKENDS
 
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (engines always run on a GPU)")
     p.add_argument(
         "--backend",
         default="auto",
         choices=[b for b in BACKENDS if b != "triton"],  # triton:// URLs name their backend
-        help="runtime backend for .onnx / .engine files; auto picks from --device and the engine manifest",
+        help="torch for checkpoints, a runtime backend for .onnx / .engine files; auto picks from --device and "
+        "the engine manifest",
     )
 
 
@@ -129,20 +124,21 @@ def _eval(args) -> int:
     from retina_deploy.core.fileio import write_json_atomic
     from retina_deploy.core.outputs import check_distinct, check_output_file
     from retina_deploy.data.coco import load_coco
+    from retina_deploy.evaluation.loop import evaluate_detector
     from retina_deploy.evaluation.metrics import best_f1_threshold, format_metrics_table, format_operating_point
-    from retina_deploy.inference.predict import evaluate_predictor, load_predictor
+    from retina_deploy.inference.open import device_gpu, open_model
 
     _check_batch_size(args.batch_size)
-    _check_device(args.device)
+    device_gpu(args.device)
     inputs = (args.model, args.images, args.annotations)
     outputs = (("--json", args.json), ("--results", args.results))
     for flag, out in outputs:
         if out is not None:
             check_output_file(out, inputs=inputs, flag=flag)
     check_distinct(outputs)
-    predictor = load_predictor(args.model, device=args.device, backend=args.backend)
-    coco = load_coco(args.images, args.annotations)
-    metrics, results = evaluate_predictor(predictor, coco, batch_size=args.batch_size, progress=progress_enabled())
+    with open_model(args.model, device=args.device, backend=args.backend) as detector:
+        coco = load_coco(args.images, args.annotations)
+        metrics, results = evaluate_detector(detector, coco, batch_size=args.batch_size, progress=progress_enabled())
     best_f1 = best_f1_threshold(coco.annotations_path, results)
     # Files first: a closed stdout (``| head``) must not lose them.
     if args.json:
@@ -167,22 +163,23 @@ def _add_eval(sub) -> None:
 
 
 def _predict(args) -> int:
-    from retina_deploy.inference.predict import check_draw_thresh, check_predict_out, load_predictor, predict_files
+    from retina_deploy.inference.open import device_gpu, open_model
+    from retina_deploy.inference.predict import check_draw_thresh, check_predict_out, predict_files
 
     _check_batch_size(args.batch_size)
-    _check_device(args.device)
+    device_gpu(args.device)
     check_draw_thresh(args.draw_thresh)
     check_predict_out(args.out, args.images, inputs=(args.model,), overwrite=args.overwrite)
-    predictor = load_predictor(args.model, device=args.device, backend=args.backend)
-    records, errors = predict_files(
-        predictor,
-        args.images,
-        args.out,
-        batch_size=args.batch_size,
-        draw_score_thresh=args.draw_thresh,
-        progress=progress_enabled(),
-        overwrite=args.overwrite,
-    )
+    with open_model(args.model, device=args.device, backend=args.backend) as detector:
+        records, errors = predict_files(
+            detector,
+            args.images,
+            args.out,
+            batch_size=args.batch_size,
+            draw_score_thresh=args.draw_thresh,
+            progress=progress_enabled(),
+            overwrite=args.overwrite,
+        )
     n = sum(len(r.get("detections", [])) for r in records)
     print(f"{len(records) - len(errors)} images, {n} detections -> {args.out / 'detections.json'}")
     if errors:

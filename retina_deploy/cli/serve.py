@@ -96,6 +96,8 @@ def run_serve(args) -> int:
     cfg = ServeConfig(**_given(args, (*_SERVE_FIELDS, "drain_timeout_s")))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 
+    # serve runs runtime models only (its --device is a GPU index and its auto the runtime's: the CUDA
+    # provider where installed), so it opens them with Detector.load, not inference.open_model
     def load() -> Detector:
         return Detector.load(args.model, backend=args.backend, device=args.device, num_threads=args.threads)
 
@@ -104,7 +106,7 @@ def run_serve(args) -> int:
 
 
 def add_serve(sub) -> argparse.ArgumentParser:
-    from retina_deploy.runtime.backends import BACKENDS
+    from retina_deploy.runtime.backends import BACKENDS  # the runtime's names: serve runs no checkpoints
 
     help_ = "Serve a model over HTTP with dynamic batching, health checks and Prometheus metrics."
     p = add_verb(sub, "serve", help_, run_serve)

@@ -182,10 +182,12 @@ def _val(ctx: DemoContext):
 
 
 def _evaluate(ctx: DemoContext, rel: str, val) -> dict[str, Any]:
+    from retina_deploy.evaluation.loop import evaluate_detector
     from retina_deploy.evaluation.metrics import best_f1_threshold
-    from retina_deploy.inference.predict import evaluate_predictor, load_predictor
+    from retina_deploy.inference.open import open_model
 
-    metrics, results = evaluate_predictor(load_predictor(ctx.path(rel)), val, progress=ctx.progress)
+    with open_model(ctx.path(rel)) as detector:
+        metrics, results = evaluate_detector(detector, val, progress=ctx.progress)
     entry = next(a for a in ctx.summary["artifacts"] if a["path"] == rel)
     entry.update({k: metrics[k] for k in ("AP", "AP50", "AP75")})
     entry["best_f1"] = best_f1_threshold(val.annotations_path, results)
@@ -399,14 +401,14 @@ def bench_stage(ctx: DemoContext) -> StageDone:
 def predict_stage(ctx: DemoContext) -> StageDone:
     """Draws at model.onnx's score threshold with the best F1 on the val set (eval stage): the loss settings
     shift the scores, and a fixed 0.3 drew three boxes per object for the demo's model."""
-    from retina_deploy.inference.predict import DEFAULT_DRAW_THRESH, load_predictor, predict_files
+    from retina_deploy.inference.open import open_model
+    from retina_deploy.inference.predict import DEFAULT_DRAW_THRESH, predict_files
 
     images = sorted(ctx.path("data/val/images").iterdir())[: ctx.recipe.predict_images]
     entry = next(a for a in ctx.summary["artifacts"] if a["path"] == ONNX_FP32)
     thresh = (entry.get("best_f1") or {}).get("score_thresh", DEFAULT_DRAW_THRESH)
-    records, _ = predict_files(
-        load_predictor(ctx.path(ONNX_FP32)), images, ctx.path("predictions"), draw_score_thresh=thresh
-    )
+    with open_model(ctx.path(ONNX_FP32)) as detector:
+        records, _ = predict_files(detector, images, ctx.path("predictions"), draw_score_thresh=thresh)
     ctx.summary["predictions"] = {"folder": "predictions", "model": ONNX_FP32, "json": "predictions/detections.json",
                                   "draw_thresh": thresh}  # fmt: skip
     drawn = sum(d["score"] >= thresh for r in records for d in r.get("detections", []))

@@ -21,18 +21,13 @@ import numpy as np
 
 from retina_deploy.core.artifacts import model_kind
 from retina_deploy.core.errors import ConfigError, DatasetError, ModelFileError
-from retina_deploy.runtime.backends import ENGINE_BACKENDS, ONNX_BACKENDS, backend_for_device, gpu_index
+from retina_deploy.inference.open import FITS, device_gpu, open_model, resolved_backend
 from retina_deploy.runtime.bench import envinfo
 from retina_deploy.runtime.bench.report import SCHEMA, SCHEMA_VERSION
 from retina_deploy.runtime.bench.run import DetectorTarget, RunLength, measure
-from retina_deploy.runtime.bench.stats import Stopwatch
 
-_FITS = {  # model kind -> backends that run it
-    "checkpoint": ("auto", "torch"),
-    "onnx": ("auto", *ONNX_BACKENDS),
-    "engine": ("auto", *ENGINE_BACKENDS),
-}
-BACKENDS = tuple(dict.fromkeys(b for fits in _FITS.values() for b in fits))
+KINDS = ("checkpoint", "onnx", "engine")  # what bench opens (a Triton server's timings are not the model's)
+BACKENDS = tuple(dict.fromkeys(b for kind in KINDS for b in FITS[kind]))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SYNTHETIC_SIZE = 640  # longest side of the synthetic images: the preprocessing really resizes
 
@@ -70,7 +65,7 @@ class BenchConfig:
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:
             raise ConfigError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
-        gpu_index(self.device)
+        device_gpu(self.device)
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.num_images < 1:
@@ -81,7 +76,7 @@ class BenchConfig:
 
 def check_device(device: str, kinds: Sequence[str]) -> None:
     """ConfigError when ``device`` is a GPU this machine does not have, or a CPU for an engine."""
-    index = gpu_index(device)
+    index = device_gpu(device)
     if index is None:
         if "engine" in kinds:
             raise ConfigError("TensorRT engines run on a GPU: pass --device cuda:N")
@@ -107,82 +102,6 @@ def load_images(folder: Path | None, num: int) -> tuple[list[np.ndarray], str]:
     if not files:
         raise DatasetError(f"{folder}: no JPEG, PNG or BMP images")
     return [load_image(p) for p in files], f"{len(files)} images from {folder}"
-
-
-class TorchTarget:
-    """A checkpoint in PyTorch, eager or ``torch.compile``d; phases timed with CUDA events on a GPU."""
-
-    def __init__(self, path: Path, *, device: str, threads: int | None, compile_model: bool) -> None:
-        import torch
-
-        from retina_deploy.model.checkpoint import load_checkpoint
-
-        if threads is not None:
-            torch.set_num_threads(threads)
-        self.torch = torch
-        self.torch_device = torch.device("cpu" if device == "cpu" else f"cuda:{gpu_index(device)}")
-        model, info = load_checkpoint(path, map_location=self.torch_device)
-        self.model = torch.compile(model) if compile_model else model
-        self.eager = model
-        self.info = info
-        self.label = path.name if path.name not in ("best", "last") else f"{path.parent.name}/{path.name}"
-        self.kind, self.precision, self.device = "checkpoint", "fp32", device
-        self.backend = "torch-compile" if compile_model else "torch-eager"
-        self.input_size = tuple(info.preprocess.size)
-        self.batch_range = (1, 2**31 - 1)
-        self.cuda = self.torch_device.type == "cuda"
-
-    def step(self, images: Sequence[np.ndarray], sw: Stopwatch) -> None:
-        from retina_deploy.runtime.image.preprocess import preprocess
-        from retina_deploy.runtime.post.detections import make_detections
-
-        torch = self.torch
-        with sw.phase("preprocess"):
-            arrays, scales = zip(*(preprocess(img, self.info.preprocess) for img in images), strict=True)
-            x = torch.from_numpy(np.stack(arrays))
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if self.cuda else None
-        if events:
-            events[0].record()
-            x = x.to(self.torch_device, non_blocking=True)
-            events[1].record()
-        with torch.inference_mode():
-            if events:
-                outputs = self.model(x)
-                events[2].record()
-                outputs = [{k: v.to("cpu", non_blocking=True) for k, v in o.items()} for o in outputs]
-                events[3].record()
-                events[3].synchronize()
-                for name, (a, b) in zip(("h2d", "compute", "d2h"), ((0, 1), (1, 2), (2, 3)), strict=True):
-                    sw.add(name, events[a].elapsed_time(events[b]) / 1e3)
-            else:
-                with sw.phase("compute"):
-                    outputs = self.model(x)
-        with sw.phase("postprocess"):
-            for out, scale, img in zip(outputs, scales, images, strict=True):
-                make_detections(
-                    out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy(), self.info.class_names,
-                    scale=scale, orig_hw=img.shape[:2],
-                )  # fmt: skip
-
-    def flops_per_image(self) -> tuple[int | None, str]:
-        """FLOPs of one image's forward pass from PyTorch's FLOP counter (convolutions and matrix products)."""
-        torch = self.torch
-        from torch.utils.flop_counter import FlopCounterMode
-
-        x = torch.zeros(1, 3, *self.input_size, device=self.torch_device)
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            self.eager(x)
-        return int(counter.get_total_flops()), "torch FlopCounterMode (conv + matmul)"
-
-    def gpu_peak_mib(self) -> float | None:
-        return self.torch.cuda.max_memory_allocated(self.torch_device) / 2**20 if self.cuda else None
-
-    def reset_gpu_peak(self) -> None:
-        if self.cuda:
-            self.torch.cuda.reset_peak_memory_stats(self.torch_device)
-
-    def close(self) -> None:
-        self.model = self.eager = None
 
 
 def _onnx_flops(path: Path) -> tuple[int | None, str | None]:
@@ -211,9 +130,10 @@ def _engine_source_onnx(engine: Path) -> Path | None:
     return next((p for p in candidates if sha256_file(p) == wanted), None)
 
 
-def _flops(path: Path, kind: str, target) -> tuple[int | None, str | None]:
-    if kind == "checkpoint":
-        return target.flops_per_image()
+def _flops(path: Path, kind: str, target: DetectorTarget) -> tuple[int | None, str | None]:
+    count = getattr(target.detector.backend, "flops_per_image", None)  # PyTorch counts its own
+    if count is not None:
+        return count()
     if kind == "onnx":
         return _onnx_flops(path)
     source = _engine_source_onnx(path)
@@ -236,7 +156,7 @@ class _Peaks:
             return self.cfg.peak_tflops * 1e12, "given (--peak-tflops)"
         key = "int8" if precision == "int8" else "fp16" if precision == "fp16" else "fp32"
         if key not in self.cache:
-            index = gpu_index(self.cfg.device)
+            index = device_gpu(self.cfg.device)
             if index is not None:
                 gpus = self.env["gpus"]
                 peak = gpu_datasheet_peak(gpus[index]["name"], key) if index < len(gpus) else None
@@ -249,24 +169,29 @@ class _Peaks:
         return self.cache[key]
 
 
-def _open(path: Path, kind: str, backend: str, cfg: BenchConfig, compile_model: bool = False):
-    if kind == "checkpoint":
-        return TorchTarget(path, device=cfg.device, threads=cfg.threads, compile_model=compile_model)
-    return DetectorTarget(path, backend=backend, device=cfg.device, threads=cfg.threads, cuda_graphs=cfg.cuda_graphs)
+def _open(path: Path, kind: str, backend: str, cfg: BenchConfig, label: str, compile_model: bool) -> DetectorTarget:
+    detector = open_model(
+        path,
+        device=cfg.device,
+        backend=backend,
+        num_threads=cfg.threads,
+        cuda_graphs=cfg.cuda_graphs,
+        compile_model=compile_model,
+    )
+    return DetectorTarget(detector, label=label, kind=kind, device=cfg.device)
 
 
 def _plan(models: Sequence[Path], cfg: BenchConfig) -> list[tuple[Path, str, str, bool]]:
     """(path, kind, backend, torch.compile) for each run, after checking every model and the device."""
     kinds = [model_kind(Path(m)) for m in models]
     check_device(cfg.device, kinds)
-    gpu = gpu_index(cfg.device)
     plan = []
     for path, kind in zip(models, kinds, strict=True):
-        fitting = [b for b in cfg.backends if b in _FITS[kind]]
+        fitting = [b for b in cfg.backends if b in FITS[kind]]
         if not fitting:
             raise ConfigError(f"{path}: none of the backends {list(cfg.backends)} runs a {kind}")
-        # "auto" on an ONNX file is a named backend (from --device): each one runs once
-        named = (backend_for_device(path, b, gpu) if kind == "onnx" else b for b in fitting)
+        # "auto" on an ONNX file is the backend --device names: each one runs once
+        named = (resolved_backend(path, b, cfg.device) if kind == "onnx" else b for b in fitting)
         for backend in dict.fromkeys(named):
             plan.append((Path(path), kind, backend, False))
             if kind == "checkpoint" and cfg.torch_compile:
@@ -290,8 +215,7 @@ def run_bench(models: Sequence[str | os.PathLike], cfg: BenchConfig, *, log=prin
     peaks = _Peaks(cfg, env)
     results = []
     for path, kind, backend, compile_model in plan:
-        target = _open(path, kind, backend, cfg, compile_model)
-        target.label = labels[path]
+        target = _open(path, kind, backend, cfg, labels[path], compile_model)
         try:
             lo, hi = target.batch_range
             bad = [b for b in cfg.batches if not lo <= b <= hi]
@@ -300,8 +224,9 @@ def run_bench(models: Sequence[str | os.PathLike], cfg: BenchConfig, *, log=prin
             flops, flops_source = _flops(path, kind, target)
             for batch in cfg.batches:
                 log(f"bench: {target.label} [{target.backend}] batch {batch} ...")
-                if hasattr(target, "reset_gpu_peak"):
-                    target.reset_gpu_peak()
+                reset = getattr(target.detector.backend, "reset_gpu_peak", None)
+                if reset is not None:
+                    reset()
                 record = measure(target, batch, images, cfg.length)
                 record["memory"]["gpu_mib"] = _gpu_mib(target, cfg.device)
                 results.append(_with_efficiency(record, flops, flops_source, peaks))
@@ -341,12 +266,13 @@ def _labels(paths: Sequence[Path]) -> dict[Path, str]:
     return {p: (short(p) if names.count(short(p)) == 1 else str(p)) for p in dict.fromkeys(paths)}
 
 
-def _gpu_mib(target, device: str) -> float | None:
-    if gpu_index(device) is None:
+def _gpu_mib(target: DetectorTarget, device: str) -> float | None:
+    if device_gpu(device) is None:
         return None
-    if hasattr(target, "gpu_peak_mib"):
-        return target.gpu_peak_mib()
-    used = envinfo.gpu_process_memory_bytes(gpu_index(device) or 0)
+    peak = getattr(target.detector.backend, "gpu_peak_mib", None)  # PyTorch's allocator knows its peak
+    if peak is not None:
+        return peak()
+    used = envinfo.gpu_process_memory_bytes(device_gpu(device) or 0)
     return used / 2**20 if used is not None else None
 
 

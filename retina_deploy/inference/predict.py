@@ -1,7 +1,7 @@
-"""Run any model file on images: checkpoints here (PyTorch), ``.onnx`` / ``.engine`` through the runtime.
+"""``predict``: detections of image files by any model, as ``detections.json`` and annotated PNGs.
 
-``load_predictor(path)`` picks the backend from the path; ``predict_files`` and
-``evaluate_predictor`` then work the same for every kind of model file (one code path).
+``predict_files(detector, ...)`` takes the ``Detector`` that ``open_model`` gives for a checkpoint,
+an ONNX file, an engine or a Triton model: one code path for every kind of model.
 """
 
 from __future__ import annotations
@@ -9,125 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-
-from retina_deploy.core.errors import DatasetError
-from retina_deploy.runtime.backends import backend_for_device, gpu_index
-from retina_deploy.runtime.image.preprocess import PreprocessConfig, preprocess
-from retina_deploy.runtime.post.detections import Detections, make_detections
+from retina_deploy.core.argcheck import int_at_least
 
 DEFAULT_DRAW_THRESH = 0.3  # boxes drawn on annotated images; `eval` prints the model's best-F1 threshold
-
-
-class Predictor(Protocol):
-    """Anything that turns RGB uint8 images [h, w, 3] into Detections in original pixels."""
-
-    class_names: tuple[str, ...]
-    preprocess_cfg: PreprocessConfig
-
-    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
-
-
-class TorchPredictor:
-    """A RetinaNet (from a checkpoint or in memory) behind the Predictor interface."""
-
-    def __init__(self, model, class_names: Sequence[str], preprocess_cfg: PreprocessConfig, device: str = "cpu"):
-        self.model = model.to(device).eval()
-        self.class_names = tuple(class_names)
-        self.preprocess_cfg = preprocess_cfg
-        self.device = device
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> TorchPredictor:
-        import torch
-
-        from retina_deploy.core.errors import ConfigError
-        from retina_deploy.model.checkpoint import load_checkpoint
-
-        gpu = gpu_index(device)
-        if gpu is not None and not (torch.cuda.is_available() and gpu < torch.cuda.device_count()):
-            raise ConfigError(f"device {device!r}: no such CUDA device here (checkpoints run on cpu or a CUDA GPU)")
-        model, info = load_checkpoint(path, map_location=device)
-        return cls(model, info.class_names, info.preprocess, device)
-
-    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        import torch
-
-        if not images:
-            return []
-        inputs, scales = zip(*(preprocess(img, self.preprocess_cfg) for img in images), strict=True)
-        with torch.no_grad():
-            outputs = self.model(torch.from_numpy(np.stack(inputs)).to(self.device))
-        return [
-            make_detections(
-                out["boxes"].cpu().numpy(),
-                out["scores"].cpu().numpy(),
-                out["labels"].cpu().numpy(),
-                self.class_names,
-                scale=scale,
-                orig_hw=img.shape[:2],
-            )
-            for out, scale, img in zip(outputs, scales, images, strict=True)
-        ]
-
-
-def load_predictor(path: str | os.PathLike, *, device: str = "cpu", backend: str = "auto") -> Predictor:
-    """A Predictor for any model file: checkpoints run in PyTorch, ``.onnx`` / ``.engine`` and ``triton://host:port/model``
-    URLs in the runtime's Detector.
-
-    device: "cpu", "cuda" or "cuda:N". ONNX files run in ONNX Runtime with the CPU provider for "cpu"
-        and the CUDA provider for "cuda[:N]"; engines always run on a GPU (N, default 0).
-    backend: for ``.onnx`` / ``.engine`` files, a ``Detector.load`` backend name overriding the choice
-        made from ``device`` (e.g. "ort-tensorrt", "tensorrt-rtx").
-    """
-    gpu = gpu_index(device)
-    from retina_deploy.core.artifacts import model_kind
-    from retina_deploy.runtime.detector import Detector
-
-    if str(path).startswith("triton://"):  # a model served by Triton (``triton-repo``)
-        return Detector.load(str(path), backend=backend)
-    kind = model_kind(path)
-    if kind == "checkpoint":
-        return TorchPredictor.from_checkpoint(path, device)
-    return Detector.load(path, backend=backend_for_device(path, backend, gpu), device=gpu or 0)
-
-
-def _batches(items: Sequence, size: int):
-    from retina_deploy.core.errors import ConfigError
-
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError(f"batch size must be an integer >= 1, got {size!r}")
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def evaluate_predictor(predictor: Predictor, coco, *, batch_size: int = 8, progress: bool = False):
-    """COCO metrics of ``predictor`` on a ``CocoDataset``; returns (metrics, COCO results records).
-
-    Images are read with the runtime's loader and predicted in original coordinates, so every
-    backend is scored by the same code.
-    """
-    from retina_deploy.evaluation.metrics import coco_evaluate, to_coco_results
-
-    if tuple(predictor.class_names) != tuple(coco.class_names):
-        raise DatasetError(
-            f"the model's classes {list(predictor.class_names)[:6]} differ from those of {coco.annotations_path}"
-            f" {coco.class_names[:6]}"
-        )
-    detections, image_ids = [], []
-    records = coco.records
-    bar = _progress(len(records), "eval", progress)
-    for chunk in _batches(records, batch_size):
-        detections.extend(predictor.predict([coco.load_image(r) for r in chunk]))
-        image_ids.extend(r.image_id for r in chunk)
-        bar.update(len(chunk))
-    bar.close()
-    results = to_coco_results(detections, image_ids, coco.label_to_category_id)
-    return coco_evaluate(coco.annotations_path, results), results
-
-
 COMMAND = "predict"  # the marker of its output folders, listing the files predict wrote there
 DETECTIONS = "detections.json"
 
@@ -170,7 +55,7 @@ def check_predict_out(
 
 
 def predict_files(
-    predictor: Predictor,
+    detector,
     image_paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
@@ -179,7 +64,8 @@ def predict_files(
     progress: bool = False,
     overwrite: bool = False,
 ) -> tuple[list[dict], list[str]]:
-    """Predict on image files; write ``out_dir/detections.json`` and one annotated PNG per image.
+    """``detector`` (a runtime ``Detector``) on image files: write ``out_dir/detections.json`` and one
+    annotated PNG per image.
 
     An unreadable image does not stop the others: it is recorded with its error, in input order.
     ``out_dir`` is checked by ``check_predict_out`` first; ``draw_score_thresh`` is in [0, 1]. Returns
@@ -193,7 +79,9 @@ def predict_files(
 
     draw_score_thresh = check_draw_thresh(draw_score_thresh)
     png_names = check_predict_out(out_dir, image_paths, overwrite=overwrite)
-    chunks = list(_batches(list(zip(image_paths, png_names, strict=True)), batch_size))
+    batch_size = int_at_least("batch size", batch_size, 1)
+    pairs = list(zip(image_paths, png_names, strict=True))
+    chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
     out_dir = Path(out_dir)
     mark_folder(out_dir, COMMAND, files={*marked_files(out_dir, COMMAND), *png_names, DETECTIONS})
     records, errors = [], []
@@ -207,7 +95,7 @@ def predict_files(
             except ImageError as e:
                 slots.append({"image": str(path), "error": str(e)})
                 errors.append(str(e))
-        done = iter(zip(loaded, predictor.predict([img for _, _, img in loaded]), strict=True))
+        done = iter(zip(loaded, detector.detect([img for _, _, img in loaded]), strict=True))
         for slot in slots:
             if slot is not None:
                 records.append(slot)

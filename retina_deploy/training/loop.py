@@ -1,6 +1,6 @@
 """The training loop: one step and one epoch (autocast, clipping, progress bar, CSV log).
 
-Validation scores through ``predict.evaluate_predictor``, the code ``eval`` uses for every model file.
+Validation scores through ``evaluation.loop.evaluate_detector``, the code ``eval`` uses for every model file.
 
 ``run.py`` owns the run (config, schedule, checkpoints, resume); this module only runs batches.
 """

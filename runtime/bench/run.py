@@ -2,8 +2,8 @@
 
 A bench target is anything with ``label``, ``kind``, ``backend``, ``precision``, ``device``,
 ``input_size`` (H, W), ``batch_range`` (min, max), ``step(images, stopwatch)`` (one batch: uint8 RGB
-images in, detections out, phases recorded) and ``close()``. ``DetectorTarget`` wraps an ONNX file or
-an engine in the runtime's ``Detector``; the PyTorch target lives in ``retina_deploy.inference.bench``.
+images in, detections out, phases recorded) and ``close()``. ``DetectorTarget`` wraps an opened
+``Detector`` of any backend (``retina_deploy.inference.open_model`` opens checkpoints too).
 
 Phases: ``preprocess`` (resize, normalise, pad, stack), ``h2d``, ``compute``, ``d2h``, ``postprocess``
 (host NMS for ``--nms none`` files, boxes back to original pixels). Image decoding is not timed:
@@ -13,7 +13,6 @@ computation (ONNX Runtime), ``compute`` includes them and ``h2d`` / ``d2h`` are 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,33 +41,23 @@ class RunLength:
 
 
 class DetectorTarget:
-    """An ``.onnx`` or ``.engine`` file in the runtime's ``Detector``."""
+    """An opened ``Detector`` (any backend) as bench's target: its steps timed phase by phase.
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        *,
-        backend: str = "auto",
-        device: str = "cpu",
-        threads: int | None = None,
-        cuda_graphs: bool = False,
-    ) -> None:
-        from retina_deploy.runtime.backends import ENGINE_BACKENDS, backend_for_device, gpu_index
-        from retina_deploy.runtime.detector import Detector
+    label: the model's short name in the report; kind: "checkpoint", "onnx" or "engine"; device:
+    as given to bench ("cpu", "cuda:N"). Where the backend records a CUDA-event split of its run
+    (``enable_phase_timing`` + ``last_timings_s``: TensorRT, PyTorch on a GPU), it is turned on here.
+    """
 
-        gpu = gpu_index(device)
-        backend = backend_for_device(path, backend, gpu)
-        self.detector = Detector.load(
-            path, backend=backend, device=gpu or 0, cuda_graphs=cuda_graphs, num_threads=threads
-        )
-        self.label = os.path.basename(os.fspath(path))
-        self.kind = "engine" if backend in ENGINE_BACKENDS or not str(path).endswith(".onnx") else "onnx"
-        self.backend = self.detector.backend.name
+    def __init__(self, detector, *, label: str, kind: str, device: str = "cpu") -> None:
+        self.detector = detector
+        self.label = label
+        self.kind = kind
+        self.backend = detector.backend.name
         self.device = device
-        self.precision = _precision_of(self.detector.backend, self.kind)
-        self.input_size = tuple(self.detector.preprocess_cfg.size)
-        self.batch_range = (self.detector.min_batch, self.detector.max_batch)
-        enable = getattr(self.detector.backend, "enable_phase_timing", None)  # TensorRT: CUDA events
+        self.precision = _precision_of(detector.backend)
+        self.input_size = tuple(detector.preprocess_cfg.size)
+        self.batch_range = (detector.min_batch, detector.max_batch)
+        enable = getattr(detector.backend, "enable_phase_timing", None)
         if enable is not None:
             enable()
 
@@ -85,9 +74,7 @@ class DetectorTarget:
             for name in ("h2d", "compute", "d2h"):
                 sw.add(name, events.get(name, 0.0))
         with sw.phase("postprocess"):
-            # The Detector's own post-processing steps, timed apart from the backend.
-            out = det._detection_outputs(raw, len(prepared))
-            det._to_detections(out, prepared)
+            det.postprocess(raw, prepared)  # the Detector's own post-processing, timed apart from the backend
 
     def graph_status(self, batch: int) -> str | None:
         """Whether ``batch`` ran as a CUDA graph (``TrtBackend.graph_status``); None: graphs off or not an engine."""
@@ -98,7 +85,8 @@ class DetectorTarget:
         self.detector.close()
 
 
-def _precision_of(backend, kind: str) -> str:
+def _precision_of(backend) -> str:
+    """The file's precision (ONNX metadata, engine manifest); "fp32" for a backend without either (PyTorch)."""
     model = getattr(backend, "model", backend)  # ONNX Runtime: its OnnxModel; OpenVINO: itself
     if getattr(model, "metadata", None) is not None:
         return model.metadata.precision

@@ -161,14 +161,16 @@ def test_preprocess_config_refuses(fields):
 @pytest.mark.parametrize("batch_size", [0, -1, 1.5, None])
 def test_evaluate_and_predict_refuse_bad_batch_sizes(workspace, batch_size):
     from retina_deploy.data.coco import load_coco
-    from retina_deploy.inference.predict import evaluate_predictor, load_predictor, predict_files
+    from retina_deploy.evaluation.loop import evaluate_detector
+    from retina_deploy.inference.open import open_model
+    from retina_deploy.inference.predict import predict_files
 
-    predictor = load_predictor(workspace / "m.onnx")
+    detector = open_model(workspace / "m.onnx")
     coco = load_coco(workspace / "data/images", workspace / "data/annotations.json")
     with pytest.raises(ConfigError, match="batch size"):
-        evaluate_predictor(predictor, coco, batch_size=batch_size)
+        evaluate_detector(detector, coco, batch_size=batch_size)
     with pytest.raises(ConfigError, match="batch size"):
-        predict_files(predictor, [workspace / "data/images/000000.png"], workspace / "p", batch_size=batch_size)
+        predict_files(detector, [workspace / "data/images/000000.png"], workspace / "p", batch_size=batch_size)
     assert not (workspace / "p").exists()
 
 
@@ -195,19 +197,19 @@ API_CALLS = {
     ),
     "predict_out_is_a_file": (
         lambda ws: __import__("retina_deploy.inference.predict", fromlist=["x"]).predict_files(
-            _onnx_predictor(ws), [ws / "data/images/000000.png"], ws / "m.onnx"
+            _onnx_detector(ws), [ws / "data/images/000000.png"], ws / "m.onnx"
         ),
         "not a folder",
     ),
     "predict_out_holds_its_images": (
         lambda ws: __import__("retina_deploy.inference.predict", fromlist=["x"]).predict_files(
-            _onnx_predictor(ws), [ws / "data/images/000000.png"], ws / "data"
+            _onnx_detector(ws), [ws / "data/images/000000.png"], ws / "data"
         ),
         "holds the input",
     ),
     "predict_out_foreign_folder": (
         lambda ws: __import__("retina_deploy.inference.predict", fromlist=["x"]).predict_files(
-            _onnx_predictor(ws), [ws / "data/images/000000.png"], ws / "run2"
+            _onnx_detector(ws), [ws / "data/images/000000.png"], ws / "run2"
         ),
         "not empty",
     ),
@@ -236,8 +238,8 @@ API_CALLS = {
         "groupnorm",
     ),
     "read_state_dict_pickle": (lambda ws: _read_evil(ws), "evil.pth"),
-    "load_predictor_device_banana": (
-        lambda ws: __import__("retina_deploy.inference.predict", fromlist=["x"]).load_predictor(
+    "open_model_device_banana": (
+        lambda ws: __import__("retina_deploy.inference.open", fromlist=["x"]).open_model(
             ws / "run2/last", device="banana"
         ),
         "banana",
@@ -263,10 +265,10 @@ API_CALLS = {
 }
 
 
-def _onnx_predictor(ws: Path):
-    from retina_deploy.inference.predict import load_predictor
+def _onnx_detector(ws: Path):
+    from retina_deploy.inference.open import open_model
 
-    return load_predictor(ws / "m.onnx")
+    return open_model(ws / "m.onnx")
 
 
 def _read_evil(ws: Path):

@@ -28,9 +28,9 @@ WINDOW = (1280, 4000)
 
 
 class ShiftedTruth:
-    """A predictor that "detects" the ground truth shifted by 3 px, with one low-score false positive.
+    """A detector that "detects" the ground truth shifted by 3 px, with one low-score false positive.
 
-    It recognises each val image by its pixels (the only thing a predictor is given).
+    It recognises each val image by its pixels (the only thing a detector is given).
     """
 
     def __init__(self, val_dir: Path):
@@ -41,7 +41,7 @@ class ShiftedTruth:
             key = load_image(val_dir / "images" / im["file_name"]).tobytes()
             self.by_pixels[key] = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
 
-    def predict(self, images):
+    def detect(self, images):
         out = []
         for image in images:
             anns = self.by_pixels[image.tobytes()]

@@ -24,11 +24,13 @@ from safetensors.torch import load_file
 from retina_deploy.core.errors import ConfigError, DatasetError
 from retina_deploy.data.coco import load_coco
 from retina_deploy.data.shapes import make_shapes
+from retina_deploy.evaluation.loop import evaluate_detector
 from retina_deploy.evaluation.metrics import METRIC_NAMES
-from retina_deploy.inference.predict import TorchPredictor, evaluate_predictor
+from retina_deploy.inference.torch_backend import TorchBackend, checkpoint_spec
 from retina_deploy.model import build_model
 from retina_deploy.model.checkpoint import load_checkpoint
 from retina_deploy.model.config import ModelConfig
+from retina_deploy.runtime.detector import Detector
 from retina_deploy.runtime.image.preprocess import PreprocessConfig
 from retina_deploy.training.distributed import epoch_batches, iters_per_epoch
 from retina_deploy.training.loop import StepOptions, train_step
@@ -199,6 +201,12 @@ def test_time_budget_ends_the_run(shapes, tmp_path):
     assert not (run / "best").exists()  # best/ needs a validation set
 
 
+def _torch_detector(model, settings: ModelConfig, class_names) -> Detector:
+    """A model in memory behind the runtime's Detector at 128 x 128, as training's validation runs it."""
+    spec = checkpoint_spec(settings, class_names, PreprocessConfig(size=(128, 128)))
+    return Detector(TorchBackend(model, input_size=(128, 128), max_dets=spec.nms.max_dets), spec)
+
+
 def test_validation_boxes_in_original_pixels(tmp_path):
     # Images of 150..200 px shown to the network at 128 px: input and original coordinates differ.
     data = make_shapes(tmp_path / "big", num_images=4, size=200, seed=3)
@@ -206,8 +214,7 @@ def test_validation_boxes_in_original_pixels(tmp_path):
     torch.manual_seed(0)
     # score_thresh 0 keeps even untrained scores, so large anchors clipped at the image edge show up.
     model = build_model(ModelConfig(backbone="resnet18", num_classes=6, score_thresh=0.0, detections_per_img=50))
-    predictor = TorchPredictor(model, coco.class_names, PreprocessConfig(size=(128, 128)))
-    metrics, results = evaluate_predictor(predictor, coco, batch_size=3)
+    metrics, results = evaluate_detector(_torch_detector(model, model.cfg, coco.class_names), coco, batch_size=3)
     assert tuple(metrics) == METRIC_NAMES
     assert all(v is None or 0.0 <= v <= 1.0 for v in metrics.values())
     sizes = {r.image_id: (r.width, r.height) for r in coco.records}
@@ -235,8 +242,8 @@ class ContentBoxes(torch.nn.Module):
 def test_predictions_map_back_to_original_pixels(tmp_path):
     data = make_shapes(tmp_path / "big", num_images=3, size=200, seed=4)
     coco = load_coco(data / "images", data / "annotations.json")
-    predictor = TorchPredictor(ContentBoxes(), coco.class_names, PreprocessConfig(size=(128, 128)))
-    _, results = evaluate_predictor(predictor, coco, batch_size=2)
+    settings = ModelConfig(num_classes=len(coco.class_names), detections_per_img=2)
+    _, results = evaluate_detector(_torch_detector(ContentBoxes(), settings, coco.class_names), coco, batch_size=2)
     for record in coco.records:  # 150..200 px images letterboxed into 128 x 128
         whole, quarter = [r["bbox"] for r in results if r["image_id"] == record.image_id]
         w, h = record.width, record.height

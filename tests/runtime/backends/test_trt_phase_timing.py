@@ -9,6 +9,7 @@ from retina_deploy.runtime.backends.tensorrt import TrtBackend
 from retina_deploy.runtime.bench.run import DetectorTarget
 from retina_deploy.runtime.bench.stats import Stopwatch
 from retina_deploy.runtime.contract.manifest import write_manifest
+from retina_deploy.runtime.detector import Detector
 
 POST = {
     "nms": {"mode": "none", "max_dets": 5, "score_thresh": 0.2, "iou_thresh": 0.5, "topk_per_level": 3},
@@ -79,7 +80,9 @@ def test_events_split_each_run(engine_file):
 
 def test_bench_target_reports_the_gpu_phases(engine_file):
     path, _ = engine_file
-    target = DetectorTarget(path, backend="tensorrt-rtx", device="cuda:0")
+    target = DetectorTarget(
+        Detector.load(path, backend="tensorrt-rtx"), label=path.name, kind="engine", device="cuda:0"
+    )
     assert (target.kind, target.precision, target.batch_range) == ("engine", "fp16", (1, 4))
     sw = Stopwatch()
     target.step([np.zeros((100, 120, 3), np.uint8)], sw)
@@ -95,7 +98,8 @@ def test_bench_says_whether_each_batch_ran_as_a_cuda_graph(engine_file, tmp_path
 
     _, cudart = engine_file
     FakeTrt.engine.data_dependent = data_dependent  # capture breaks, as on an engine with an NMS layer
-    target = DetectorTarget(_engine(tmp_path, "tensorrt"), backend="tensorrt", device="cuda:0", cuda_graphs=True)
+    detector = Detector.load(_engine(tmp_path, "tensorrt"), backend="tensorrt", cuda_graphs=True)
+    target = DetectorTarget(detector, label="m.engine", kind="engine", device="cuda:0")
     images = [np.zeros((100, 120, 3), np.uint8)]
     record = measure(target, 2, images, RunLength(warmup_s=0.0, duration_s=None, iterations=3))
     target.close()
