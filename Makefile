@@ -27,7 +27,7 @@ test: $(STAMP) cpp-test browser-deps
 cpp-deps:
 	runtime/cpp/scripts/install-deps.sh
 
-# Chromium for the demo report's headless screenshot test (tests/retina_deploy/test_demo_report.py), via apt when
+# Chromium for the demo report's headless screenshot test (tests/retina_deploy/demo/test_demo_report.py), via apt when
 # missing (root, or sudo); without apt, or when apt fails, that one test is skipped and nothing else changes.
 SKIP_BROWSER := echo "chromium not installed: the demo report's browser test will be skipped"
 browser-deps:

@@ -37,9 +37,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
-    from retina_deploy.checkpoint import load_checkpoint
     from retina_deploy.export.onnx_export import ExportConfig, export_onnx
-    from retina_deploy.runtime.onnx_runner import OnnxModel
+    from retina_deploy.model.checkpoint import load_checkpoint
+    from retina_deploy.runtime.backends.ort import OnnxModel
 
     torch.set_num_threads(args.threads)
     size = tuple(args.size)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retina_deploy.runtime.bench_stats import summarize, time_alternating
+from retina_deploy.runtime.bench.stats import summarize, time_alternating
 
 
 def paired_medians(fn_a, fn_b, iters: int, warmup: int = 2) -> tuple[float, float]:
     """Median seconds of ``fn_a`` and ``fn_b``, timed alternately so that load drift hits both alike.
 
-    The timing is ``retina-deploy bench``'s own (``runtime.bench_stats``): one timer for every benchmark.
+    The timing is ``retina-deploy bench``'s own (``runtime.bench.stats``): one timer for every benchmark.
     """
     timings = time_alternating([lambda sw: fn_a(), lambda sw: fn_b()], iters, warmup=warmup)
     return summarize(timings[0].total).median, summarize(timings[1].total).median
@@ -30,10 +30,10 @@ def random_checkpoint(
     realistic load); ``model_cfg``: further ModelConfig fields. Needs torch."""
     import torch
 
-    from retina_deploy.checkpoint import save_checkpoint
-    from retina_deploy.config import ModelConfig
     from retina_deploy.model import build_model
-    from retina_deploy.runtime.preprocess import PreprocessConfig
+    from retina_deploy.model.checkpoint import save_checkpoint
+    from retina_deploy.model.config import ModelConfig
+    from retina_deploy.runtime.image.preprocess import PreprocessConfig
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone=backbone, num_classes=num_classes, head_norm=head_norm, **model_cfg))

@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from retina_deploy.runtime.image_io import load_image
-from retina_deploy.runtime.onnx_metadata import OnnxMetadata
-from retina_deploy.runtime.preprocess import preprocess
+from retina_deploy.runtime.contract.onnx_metadata import OnnxMetadata
+from retina_deploy.runtime.image.image_io import load_image
+from retina_deploy.runtime.image.preprocess import preprocess
 
 
 def head_outputs(path: Path, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Host top-k + NMS of ``--nms none`` files: the old per-class loops against ``runtime.host_nms``, one run.
+"""Host top-k + NMS of ``--nms none`` files: the old per-class loops against ``runtime.post.host_nms``, one run.
 
 Both implementations post-process the same candidate sets (dense outputs of real exported models on
 the same images), timed alternately with ``bench``'s timer, so each ratio comes from one run:
@@ -10,9 +10,9 @@ Without ``--model`` two ResNet-18 ``--nms none`` files are exported first (needs
 a 256-px, 80-class one (``bench_detector.py``'s model: scores around sigmoid(-3) = 0.047, so at a 0.05
 threshold every top-k candidate of every level passes, the worst case) and one shaped like the demo's
 (128 px, 6 classes, 64 FPN channels, anchors 24..384 px) whose class bias ``--demo-cls-bias`` sets how
-many candidates pass the threshold. The old loops are ``tests/runtime/host_nms_reference.py``;
-``--previous`` times a third implementation alongside (another version of ``runtime/host_nms.py``,
-e.g. ``git show REV:runtime/host_nms.py > PREV.py``), and ``--clock thread`` counts this thread's CPU
+many candidates pass the threshold. The old loops are ``tests/runtime/post/host_nms_reference.py``;
+``--previous`` times a third implementation alongside (another version of ``runtime/post/host_nms.py``,
+e.g. ``git show REV:runtime/post/host_nms.py > PREV.py``), and ``--clock thread`` counts this thread's CPU
 time instead of wall time (steadier on a shared machine).
 Per set it reports the candidates above the threshold and the detections kept (means per image), ms
 per image of each implementation (median and minimum of the timed passes) and on how many images both gave
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from common import random_checkpoint
 
-from retina_deploy.runtime.bench_stats import summarize, time_alternating
+from retina_deploy.runtime.bench.stats import summarize, time_alternating
 
-REFERENCE = Path(__file__).resolve().parents[1] / "tests/runtime/host_nms_reference.py"
+REFERENCE = Path(__file__).resolve().parents[1] / "tests/runtime/post/host_nms_reference.py"
 DEMO_MODEL = dict(num_classes=6, fpn_channels=64, anchor_sizes=(24, 48, 96, 192, 384), backbone_norm="bn")
 
 
@@ -58,7 +58,7 @@ def default_models(out: Path, demo_cls_bias: float) -> list[Path]:
 
 def dense_outputs(model: Path, num_images: int):
     """(boxes [B, N, 4], scores [B, N, C], the model's NMS settings and level sizes) on synthetic images."""
-    from retina_deploy.bench import load_images
+    from retina_deploy.inference.bench import load_images
     from retina_deploy.runtime.detector import Detector
 
     images, _ = load_images(None, num_images)
@@ -88,7 +88,7 @@ def same_detections(a: dict, b: dict) -> bool:
 def measure(
     model: Path, num_images: int, thresholds: list[float], iters: int, old, previous=None, clock=None
 ) -> list[dict]:
-    from retina_deploy.runtime import host_nms
+    from retina_deploy.runtime.post import host_nms
 
     boxes, scores, nms, levels = dense_outputs(model, num_images)
     n, rows = len(boxes), []

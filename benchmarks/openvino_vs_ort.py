@@ -17,9 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
-from retina_deploy.bench import load_images
-from retina_deploy.runtime.bench_run import DetectorTarget, batches_of
-from retina_deploy.runtime.bench_stats import summarize, time_alternating
+from retina_deploy.inference.bench import load_images
+from retina_deploy.inference.open import open_model
+from retina_deploy.runtime.bench.run import DetectorTarget, batches_of
+from retina_deploy.runtime.bench.stats import summarize, time_alternating
 
 BACKENDS = ("ort-cpu", "openvino")
 
@@ -27,7 +28,11 @@ BACKENDS = ("ort-cpu", "openvino")
 def measure(paths: list[Path], batch: int, images, threads: int, iters: int) -> list[dict]:
     """One record per file: {"model", "batch", backend: {"total_ms", "compute_ms"}}, medians of ``iters``
     steps; every (file, backend) takes its turn in each round, so all ratios share the load."""
-    targets = [DetectorTarget(p, backend=b, threads=threads) for p in paths for b in BACKENDS]
+    targets = [
+        DetectorTarget(open_model(p, backend=b, num_threads=threads), label=p.name, kind="onnx")
+        for p in paths
+        for b in BACKENDS
+    ]
     try:
         sources = [batches_of(images, batch) for _ in targets]
         steps = [lambda sw, t=t, s=s: t.step(s(), sw) for t, s in zip(targets, sources, strict=True)]

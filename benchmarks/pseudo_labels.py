@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from retina_deploy.runtime.detector import Detector
-from retina_deploy.runtime.image_io import load_image
+from retina_deploy.runtime.image.image_io import load_image
 
 
 def main() -> None:

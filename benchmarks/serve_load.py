@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retina_deploy.runtime.bench_stats import summarize
+from retina_deploy.runtime.bench.stats import summarize
 
 
 def make_model(work: Path) -> Path:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retina_deploy.errors import RetinaDeployError
+from retina_deploy.core.errors import RetinaDeployError
 from retina_deploy.runtime.batching import BatcherError, BatchingDetector
 from retina_deploy.runtime.detector import Detector
 

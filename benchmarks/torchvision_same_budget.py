@@ -14,7 +14,7 @@ schedule of ``retina-deploy train --schedule`` (cosine by default) ending at the
 clipping at 10, the classification loss's weight (``--cls-loss-weight``), the focal loss's alpha and its
 exponent at anchors on an object (``--focal-loss-alpha``, ``--focal-loss-gamma-fg``: torchvision's classification
 loss with these values), bf16 autocast (``--amp bf16``), and (with ``--ema-decay``) the same moving average.
-Validation uses ``predict.evaluate_predictor``, the COCO evaluation of ``retina-deploy eval``, every
+Validation uses ``evaluation.loop.evaluate_detector``, the COCO evaluation of ``retina-deploy eval``, every
 ``--val-every`` iterations and at the end; with an average both the averaged and the trained weights are scored.
 
     python benchmarks/torchvision_same_budget.py --images train/images --annotations train/annotations.json \\
@@ -42,11 +42,13 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from retina_deploy.config import BACKBONE_CHANNELS
 from retina_deploy.data.coco import load_coco
 from retina_deploy.data.dataset import DetectionDataset, collate_detections
-from retina_deploy.predict import TorchPredictor, evaluate_predictor
-from retina_deploy.runtime.preprocess import PreprocessConfig
+from retina_deploy.evaluation.loop import evaluate_detector
+from retina_deploy.inference.torch_backend import TorchBackend, checkpoint_spec
+from retina_deploy.model.config import BACKBONE_CHANNELS
+from retina_deploy.runtime.detector import Detector
+from retina_deploy.runtime.image.preprocess import PreprocessConfig
 from retina_deploy.training.config import SCHEDULES
 from retina_deploy.training.distributed import BatchList, epoch_batches
 from retina_deploy.training.ema import ModelEMA
@@ -121,9 +123,10 @@ class BatchedInput(nn.Module):
 
 def evaluate(model: TorchvisionRetinaNet, class_names, preprocess: PreprocessConfig, val_coco) -> dict:
     was_training = model.training
-    predictor = TorchPredictor(BatchedInput(model), class_names, preprocess, "cpu")
+    spec = checkpoint_spec(model, class_names, preprocess)  # torchvision's post-processing settings
+    backend = TorchBackend(BatchedInput(model), input_size=preprocess.size, max_dets=spec.nms.max_dets)
     try:
-        metrics, _ = evaluate_predictor(predictor, val_coco, batch_size=4)
+        metrics, _ = evaluate_detector(Detector(backend, spec), val_coco, batch_size=4)
     finally:
         model.train(was_training)
     return {"AP": metrics["AP"], "AP50": metrics["AP50"]}

@@ -30,8 +30,8 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from retina_deploy.config import BACKBONE_CHANNELS, ModelConfig
 from retina_deploy.model import build_model
+from retina_deploy.model.config import BACKBONE_CHANNELS, ModelConfig
 from retina_deploy.training.loop import cpu_supports_bf16
 
 

@@ -1,6 +1,6 @@
 """Accuracy per precision, measured with ONNX Runtime on the CPU before any GPU is involved.
 
-``coco_metrics`` scores an ONNX file (any precision) through ``Detector`` and ``evaluate_predictor``:
+``coco_metrics`` scores an ONNX file (any precision) through ``open_model`` and ``evaluate_detector``:
 the same code path as ``retina-deploy eval``. ``ort_cpu_execution`` says what ONNX Runtime's CPU
 provider actually ran for an FP16 graph: where it has no FP16 kernel (e.g. Conv on x86), its
 InsertCastTransformer wraps the node in Casts and computes it in FP32, so an FP16 AP measured there
@@ -27,14 +27,12 @@ def coco_metrics(
 ) -> dict[str, float | None]:
     """COCO box metrics (``AP``, ``AP50``, ... in [0, 1]) of an ONNX file run by ONNX Runtime on the CPU."""
     from retina_deploy.data.coco import load_coco
-    from retina_deploy.predict import evaluate_predictor, load_predictor
+    from retina_deploy.evaluation.loop import evaluate_detector
+    from retina_deploy.inference.open import open_model
 
     coco = load_coco(images_dir, annotations)
-    predictor = load_predictor(onnx_path, device="cpu")
-    try:
-        metrics, _ = evaluate_predictor(predictor, coco, batch_size=batch_size)
-    finally:
-        predictor.close()
+    with open_model(onnx_path, device="cpu") as detector:
+        metrics, _ = evaluate_detector(detector, coco, batch_size=batch_size)
     return metrics
 
 
@@ -108,8 +106,8 @@ def emulate_fp16_storage(fp32_path: str | os.PathLike, out_path: str | os.PathLi
     """
     from onnx import helper, numpy_helper
 
-    from retina_deploy.artifacts import save_onnx
     from retina_deploy.calib.graph import load_graph, tail_node_names
+    from retina_deploy.runtime.contract.onnx_files import save_onnx
 
     model, meta = load_graph(fp32_path)
     model = onnx.shape_inference.infer_shapes(model)

@@ -18,8 +18,8 @@ import numpy as np
 from onnxruntime.quantization import CalibrationMethod
 from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
-from retina_deploy.errors import ConfigError
-from retina_deploy.fileio import write_json_atomic
+from retina_deploy.core.errors import ConfigError
+from retina_deploy.core.fileio import write_json_atomic
 
 FORMAT = "retina-deploy/calib-cache"
 FORMAT_VERSION = 1

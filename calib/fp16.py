@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from retina_deploy.artifacts import save_onnx
 from retina_deploy.calib.graph import elem_types, load_graph, tail_node_names
-from retina_deploy.errors import ModelFileError
+from retina_deploy.core.errors import ModelFileError
+from retina_deploy.runtime.contract.onnx_files import save_onnx
 
 FP16_MAX = 65504.0
 # Inputs that stay FP32 whatever the data type (ONNX types them tensor(float) or they are parameters).

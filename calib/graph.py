@@ -14,8 +14,8 @@ from collections import defaultdict
 
 import onnx
 
-from retina_deploy.artifacts import load_onnx_with_metadata
-from retina_deploy.runtime.onnx_metadata import OnnxMetadata
+from retina_deploy.runtime.contract.onnx_files import load_onnx_with_metadata
+from retina_deploy.runtime.contract.onnx_metadata import OnnxMetadata
 
 WEIGHTED_OPS = ("Conv",)
 

@@ -25,12 +25,12 @@ import onnxruntime
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 
-from retina_deploy.artifacts import load_onnx, save_onnx
 from retina_deploy.calib.cache import METHODS, read_cache, write_cache
 from retina_deploy.calib.graph import WEIGHTED_OPS, load_graph, tail_node_names
 from retina_deploy.calib.sampler import DEFAULT_CALIB_NUM, CalibSet
-from retina_deploy.errors import ConfigError, ModelFileError
-from retina_deploy.fileio import sha256_file
+from retina_deploy.core.errors import ConfigError, ModelFileError
+from retina_deploy.core.fileio import sha256_file
+from retina_deploy.runtime.contract.onnx_files import load_onnx, save_onnx
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retina_deploy.artifacts import read_onnx_metadata
 from retina_deploy.calib.int8 import CalibConfig, activation_ranges, check_form, quantize_with_ranges
 from retina_deploy.calib.sampler import sample_calibration_images
 from retina_deploy.calib.sensitivity import ExcludedLayer, fit_map_drop
-from retina_deploy.errors import ConfigError, ModelFileError
+from retina_deploy.core.errors import ConfigError, ModelFileError
+from retina_deploy.runtime.contract.onnx_files import read_onnx_metadata
 
 PROBE_IMAGES = 4  # images run through both graphs to rank layers
 

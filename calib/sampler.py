@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retina_deploy.errors import ConfigError, DatasetError
-from retina_deploy.runtime.image_io import load_image
-from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
+from retina_deploy.core.errors import ConfigError, DatasetError
+from retina_deploy.runtime.image.image_io import load_image
+from retina_deploy.runtime.image.preprocess import PreprocessConfig, preprocess
 
 log = logging.getLogger(__name__)
 

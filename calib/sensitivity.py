@@ -25,7 +25,7 @@ from onnxruntime.quantization.calibrate import TensorsData
 
 from retina_deploy.calib.graph import WEIGHTED_OPS
 from retina_deploy.calib.int8 import quantize_with_ranges
-from retina_deploy.errors import RetinaDeployError
+from retina_deploy.core.errors import RetinaDeployError
 
 SQNR_CAP_DB = 99.0  # identical tensors (unquantized path) would be +inf
 

@@ -4,7 +4,7 @@
   needs the ``train`` and ``export`` extras).
 - ``postprocess``: the export-friendly post-processing modules (per-level TopK, constant anchors,
   NonMaxSuppression / EfficientNMS_TRT / dense outputs).
-- ``engine_builder``: ``build_engine(onnx, cfg, out)`` (``retina-deploy build-engine``).
+- ``engine``: ``engine.builder.build_engine(onnx, cfg, out)`` (``retina-deploy build-engine``) and its steps.
 
-Reading and writing our ONNX files (metadata included) is ``retina_deploy.artifacts``.
+Reading and writing our ONNX files (metadata included) is ``retina_deploy.runtime.contract.onnx_files``.
 """

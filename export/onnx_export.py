@@ -1,6 +1,6 @@
 """Checkpoint -> ONNX with decode and NMS in the graph (``retina-deploy export-onnx``).
 
-One input, ``images`` float32 [B, 3, H, W], preprocessed by ``retina_deploy.runtime.preprocess``;
+One input, ``images`` float32 [B, 3, H, W], preprocessed by ``retina_deploy.runtime.image.preprocess``;
 H and W are fixed per file (multiples of 128), B is dynamic in [MIN, MAX] (recorded in the
 metadata for the TensorRT profile). Outputs per ``--nms`` mode:
 
@@ -29,10 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from retina_deploy import __version__
-from retina_deploy.artifacts import save_onnx
-from retina_deploy.checkpoint import CheckpointInfo, load_checkpoint
-from retina_deploy.config import ModelConfig
-from retina_deploy.errors import ConfigError
+from retina_deploy.core.errors import ConfigError
+from retina_deploy.core.outputs import check_output_file
+from retina_deploy.core.strict import from_dict_strict
 from retina_deploy.export.postprocess import (
     CandidatesPerLevel,
     DenseHead,
@@ -40,8 +39,10 @@ from retina_deploy.export.postprocess import (
     OnnxNmsHead,
 )
 from retina_deploy.model.anchors import anchors_for_grids, grids_for_input
-from retina_deploy.outputs import check_output_file
-from retina_deploy.runtime.onnx_metadata import (
+from retina_deploy.model.checkpoint import CheckpointInfo, load_checkpoint
+from retina_deploy.model.config import ModelConfig
+from retina_deploy.runtime.contract.onnx_files import save_onnx
+from retina_deploy.runtime.contract.onnx_metadata import (
     DENSE_OUTPUTS,
     DETECTION_OUTPUTS,
     INPUT_NAME,
@@ -50,7 +51,7 @@ from retina_deploy.runtime.onnx_metadata import (
     OnnxMetadata,
     check_batch_range,
 )
-from retina_deploy.runtime.preprocess import check_input_size, from_dict_strict
+from retina_deploy.runtime.image.preprocess import check_input_size
 
 MIN_OPSET, MAX_OPSET = 13, 20  # NonMaxSuppression/TopK need >= 11; the TorchScript exporter stops at 20
 TENSORRT_MAX_TOPK = 3840  # TensorRT's TopK layer takes k <= 3840

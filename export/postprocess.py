@@ -9,6 +9,11 @@ Three heads sit on top of the per-level head outputs (logits [B, HWA, C], deltas
 Every op works per batch row, so row i of a batch equals the single-image result. The ONNX ops are
 emitted by ``torch.autograd.Function.symbolic`` for the TorchScript-based exporter (``dynamo=False``);
 their eager ``forward`` computes the same result, so the modules also run in PyTorch.
+
+Why not PyTorch eval's code (``RetinaNet.postprocess``): it thresholds before its top-k and keeps a
+dynamic number of candidates (NonZero, which TensorRT-RTX cannot parse); here TopK runs first on fixed
+shapes and the threshold after it. Both select the same candidates, equal scores at the k-th place aside
+(tests compare the two), so the difference lives only in how the graph is built.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from retina_deploy.model import box_coder
-from retina_deploy.runtime.host_nms import efficient_nms
+from retina_deploy.runtime.post.host_nms import efficient_nms
 
 EFFICIENT_NMS_DOMAIN = "TRT"  # the domain TensorRT users emit the plugin in; the parser matches on op type
 _NOT_A_CANDIDATE = -1.0  # below any score threshold >= 0, for every backend's > or >= comparison

@@ -9,7 +9,7 @@ Layout written (the model folder is built beside its final place and renamed int
 
 Inputs and outputs (names, dims after the batch axis, data types) are read from the ONNX graph, or
 for an engine from its manifest (the engine was built from such a graph: same names and dims). The
-parameters are the keys ``runtime.triton_backend`` reads to rebuild the ``ModelSpec``, so
+parameters are the keys ``runtime.backends.triton`` reads to rebuild the ``ModelSpec``, so
 ``Detector.load("triton://host:8000/NAME")`` needs nothing but the URL.
 """
 
@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from retina_deploy import __version__
-from retina_deploy.errors import ConfigError, ModelFileError
-from retina_deploy.fileio import replace_dir, sha256_file, temporary_sibling_dir
-from retina_deploy.outputs import check_output_dir, mark_folder
-from retina_deploy.runtime.manifest import read_verified_engine
-from retina_deploy.runtime.onnx_metadata import DENSE_OUTPUTS, DETECTION_OUTPUTS, INPUT_NAME
-from retina_deploy.runtime.triton_backend import spec_parameters
+from retina_deploy.core.errors import ConfigError, ModelFileError
+from retina_deploy.core.fileio import replace_dir, sha256_file, temporary_sibling_dir
+from retina_deploy.core.outputs import check_output_dir, mark_folder
+from retina_deploy.runtime.backends.triton import spec_parameters
+from retina_deploy.runtime.contract.manifest import read_verified_engine
+from retina_deploy.runtime.contract.onnx_metadata import DENSE_OUTPUTS, DETECTION_OUTPUTS, INPUT_NAME
 
 # ONNX TensorProto element types -> Triton data types (the ones our graphs use at their boundary).
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT64", 2: "TYPE_UINT8", 9: "TYPE_BOOL"}
@@ -133,7 +133,7 @@ def _onnx_source(path: Path) -> dict[str, Any]:
     """Platform, tensors, metadata and bytes of an exported ONNX file (read with the onnx package)."""
     import onnx
 
-    from retina_deploy.runtime.onnx_metadata import OnnxMetadata
+    from retina_deploy.runtime.contract.onnx_metadata import OnnxMetadata
 
     data = path.read_bytes()
     try:

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 _PUBLIC = {
     "Detector": "retina_deploy.runtime.detector",
-    "Detections": "retina_deploy.runtime.detections",
+    "Detections": "retina_deploy.runtime.post.detections",
     "BatchingDetector": "retina_deploy.runtime.batching",
     "QueueFullError": "retina_deploy.runtime.batching",
     "RequestTimeoutError": "retina_deploy.runtime.batching",
     "BatcherClosedError": "retina_deploy.runtime.batching",
-    "Backend": "retina_deploy.runtime.spec",
-    "ModelSpec": "retina_deploy.runtime.spec",
+    "Backend": "retina_deploy.runtime.contract.spec",
+    "ModelSpec": "retina_deploy.runtime.contract.spec",
 }
 __all__ = [
     "Backend",
@@ -41,9 +41,9 @@ if TYPE_CHECKING:
         QueueFullError,
         RequestTimeoutError,
     )
-    from retina_deploy.runtime.detections import Detections
+    from retina_deploy.runtime.contract.spec import Backend, ModelSpec
     from retina_deploy.runtime.detector import Detector
-    from retina_deploy.runtime.spec import Backend, ModelSpec
+    from retina_deploy.runtime.post.detections import Detections
 
 
 def __getattr__(name: str):

@@ -20,10 +20,10 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 
-from retina_deploy.errors import ConfigError
-from retina_deploy.runtime.argcheck import is_int
-from retina_deploy.runtime.detections import Detections
+from retina_deploy.core.argcheck import is_int
+from retina_deploy.core.errors import ConfigError
 from retina_deploy.runtime.detector import Detector, ImageInput, PreparedImage
+from retina_deploy.runtime.post.detections import Detections
 
 
 class BatcherError(RuntimeError):

@@ -1,4 +1,4 @@
-"""``Detector``: an ONNX or engine file in, ``Detections`` in each original image's pixels out (torch-free).
+"""``Detector``: a model's ``Backend`` in, ``Detections`` in each original image's pixels out (torch-free).
 
 One code path for every backend: decode and validate each image, the shared preprocessing, batches
 chunked to the model's batch range, the backend, host NMS for ``--nms none`` files, boxes mapped
@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retina_deploy.errors import ImageError, ModelFileError
-from retina_deploy.runtime.argcheck import int_at_least
-from retina_deploy.runtime.detections import Detections, make_detections
-from retina_deploy.runtime.host_nms import detections_from_dense
-from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS, as_rgb_array, load_image
-from retina_deploy.runtime.output_checks import check_dense, check_detections, detection_arrays, output_array
-from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
-from retina_deploy.runtime.spec import Backend, ImageInput, ModelSpec
+from retina_deploy.core.argcheck import int_at_least
+from retina_deploy.core.errors import ImageError, ModelFileError
+from retina_deploy.runtime.contract.output_checks import check_dense, check_detections, detection_arrays, output_array
+from retina_deploy.runtime.contract.spec import Backend, ImageInput, ModelSpec
+from retina_deploy.runtime.image.image_io import DEFAULT_MAX_PIXELS, as_rgb_array, load_image
+from retina_deploy.runtime.image.preprocess import PreprocessConfig, preprocess
+from retina_deploy.runtime.post.detections import Detections, make_detections
+from retina_deploy.runtime.post.host_nms import detections_from_dense
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class PreparedImage:
 
 
 class Detector:
-    """Detections from an ONNX or TensorRT engine file; thread-safe.
+    """Detections from any ``Backend`` (an ONNX file, a TensorRT engine, a Triton model; outside the
+    runtime, a PyTorch checkpoint: ``retina_deploy.inference.open_model`` opens them all); thread-safe.
 
     ``detect(images)`` takes a sequence of images (uint8 arrays [h, w, 3] in ``channel_order``, or
     JPEG/PNG/BMP paths or bytes) and returns one ``Detections`` per image: boxes float32 [N, 4] xyxy
@@ -126,10 +127,6 @@ class Detector:
         """``Detections`` of one image (array or path)."""
         return self.run_prepared([self.prepare(image, channel_order=channel_order)])[0]
 
-    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """The ``retina_deploy.predict.Predictor`` interface: RGB uint8 arrays [h, w, 3]."""
-        return self.detect(images)
-
     def prepare(self, image: ImageInput, *, channel_order: str = "rgb", index: int | None = None) -> PreparedImage:
         """Decode (paths, bytes) or validate (arrays) one image and preprocess it.
 
@@ -177,6 +174,12 @@ class Detector:
         return self._detection_outputs(raw, b)
 
     # ------------------------------------------------------------------ post-processing
+
+    def postprocess(self, raw: dict[str, np.ndarray], prepared: Sequence[PreparedImage]) -> list[Detections]:
+        """One ``Detections`` per image of ``prepared`` from the backend's ``raw`` answer to their batch
+        (padded to ``min_batch`` or not): host NMS for ``--nms none`` models, the output checks, boxes
+        mapped to each original image. ``run_prepared`` is ``run_batch`` then these same steps."""
+        return self._to_detections(self._detection_outputs(raw, len(prepared)), prepared)
 
     def _detection_outputs(self, raw: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
         """The B images' checked detection outputs from the backend's ``raw`` answer to a padded batch."""

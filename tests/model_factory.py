@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from retina_deploy.config import ModelConfig
 from retina_deploy.model import build_model
+from retina_deploy.model.config import ModelConfig
 
 
 def make_detector(cfg: ModelConfig, seed: int, size: tuple[int, int]) -> nn.Module:

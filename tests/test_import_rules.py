@@ -1,12 +1,14 @@
-"""The layering of the package, checked on the source: what each stage folder may import, and no cycles.
+"""The layering of the package, checked on the source: every folder is a layer, and a layer imports only
+itself and the layers below it; no module imports another in a circle.
 
-- ``runtime/`` (torch-free inference) imports no torch / torchvision, no training, model or data code,
-  nothing from ``export/`` or ``calib/``: only itself and the light shared modules below.
-- ``calib/`` imports nothing from ``export/`` (export builds on calib, not the reverse).
-- Imports between our modules form no cycle.
+Layers, lowest first (``LAYERS``): the ground floor ``retina_deploy/core`` (and the package root, which
+holds ``__version__`` only); the torch-free runtime, itself in layers (post-processing, images, the model
+file contract, backends, the ``Detector``, then serving and benchmarking on top); the PyTorch side
+(model, data); opening and scoring any model (evaluation, inference); training; the precision stages
+(calib) and the exporter; the roof: demo, CLI, GPU check.
 
-Every ``import`` statement counts, including those inside functions (a lazy import is still a
-dependency), except those under ``if TYPE_CHECKING:`` (annotations only, never run).
+Every ``import`` statement counts: those inside functions (a lazy import is still a dependency) and
+those under ``if TYPE_CHECKING:`` (a type-only import still ties the two modules together).
 """
 
 from __future__ import annotations
@@ -23,13 +25,31 @@ FOLDERS = {  # import prefix -> source folder (pyproject's package-dir)
     "retina_deploy.export": ROOT / "export",
     "retina_deploy": ROOT / "retina_deploy",
 }
-SHARED = ("retina_deploy", "retina_deploy.errors", "retina_deploy.fileio", "retina_deploy.artifacts")
-RULES = {
-    # stage: (allowed prefixes of our modules, forbidden third-party top-level modules)
-    "runtime": (("retina_deploy.runtime", *SHARED), ("torch", "torchvision")),
-    "calib": (("retina_deploy.calib", "retina_deploy.runtime", "retina_deploy.data", "retina_deploy.predict",
-               "retina_deploy.evaluate", *SHARED), ("torch", "torchvision")),  # fmt: skip
-}
+NO_TORCH = ("torch", "torchvision")
+LAYERS = (  # (folder, third-party top-level modules it must not import), lowest first
+    ("retina_deploy", NO_TORCH),  # the package root: __version__, nothing of ours
+    ("retina_deploy/core", NO_TORCH),
+    ("runtime/post", NO_TORCH),
+    ("runtime/image", NO_TORCH),
+    ("runtime/contract", NO_TORCH),
+    ("runtime/backends", NO_TORCH),
+    ("runtime", NO_TORCH),  # Detector, BatchingDetector and the public names
+    ("runtime/serve", NO_TORCH),
+    ("runtime/bench", NO_TORCH),
+    ("retina_deploy/model", ()),
+    ("retina_deploy/data", ()),
+    ("retina_deploy/evaluation", ()),
+    ("retina_deploy/inference", ()),
+    ("retina_deploy/training", ()),
+    ("calib", NO_TORCH),
+    ("export", ()),
+    ("export/engine", ()),
+    ("retina_deploy/demo", ()),
+    ("retina_deploy/cli", ()),
+    ("retina_deploy/gpucheck", ()),
+)
+RANK = {folder: i for i, (folder, _) in enumerate(LAYERS)}
+FORBIDDEN = dict(LAYERS)
 
 
 def module_name(path: Path) -> str:
@@ -41,77 +61,76 @@ def module_name(path: Path) -> str:
     raise ValueError(path)
 
 
+def layer_of(module: str) -> str:
+    """The folder (a key of ``LAYERS``) that holds ``module``'s file; KeyError for a folder with no layer."""
+    for prefix, folder in FOLDERS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            parts = module[len(prefix) :].lstrip(".").split(".") if module != prefix else []
+            path = folder.joinpath(*parts)
+            package = path.is_dir()  # a package's __init__ lives in its own folder
+            where = path if package else path.parent
+            name = where.relative_to(ROOT).as_posix()
+            if name not in RANK:
+                raise KeyError(f"{module}: its folder {name}/ is not in LAYERS")
+            return name
+    raise KeyError(module)
+
+
 def imports_of(source: str, module: str) -> list[tuple[int, str]]:
-    """(line, imported module) for each import in ``source``; relative imports resolved against ``module``."""
+    """(line, imported module) for each import in ``source``, type-only ones included; relative imports
+    resolved against ``module``."""
     found = []
-    for node in _runtime_nodes(ast.parse(source)):
+    package = module if _is_package(module) else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(module.split(".")[: -node.level] + ([base] if base else []))
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
             # ``from retina_deploy.training import run_files`` imports the submodule where there is one
             found += [(node.lineno, f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base) for a in node.names]
     return found
 
 
-def _runtime_nodes(node: ast.AST):
-    """Every node below ``node`` except the bodies of ``if TYPE_CHECKING:`` blocks."""
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-            yield from (n for orelse in child.orelse for n in [orelse, *_runtime_nodes(orelse)])
-            continue
-        yield child
-        yield from _runtime_nodes(child)
+def _source_path(name: str) -> Path | None:
+    for prefix, folder in FOLDERS.items():
+        if name == prefix or name.startswith(prefix + "."):
+            return folder.joinpath(*name[len(prefix) + 1 :].split(".")) if name != prefix else folder
+    return None
+
+
+def _is_package(name: str) -> bool:
+    path = _source_path(name)
+    return path is not None and (path / "__init__.py").is_file()
 
 
 def _is_module(name: str) -> bool:
-    for prefix, folder in FOLDERS.items():
-        if name == prefix or name.startswith(prefix + "."):
-            rel = Path(*name[len(prefix) + 1 :].split(".")) if name != prefix else Path()
-            return (folder / rel).with_suffix(".py").is_file() or (folder / rel / "__init__.py").is_file()
-    return False
+    path = _source_path(name)
+    return path is not None and (path.with_suffix(".py").is_file() or (path / "__init__.py").is_file())
 
 
-def violations(source: str, module: str, stage: str) -> list[str]:
-    allowed, forbidden = RULES[stage]
+def violations(source: str, module: str, layer: str | None = None) -> list[str]:
+    """Each import of ``source`` (module ``module`` in folder ``layer``) that reaches a higher layer or a
+    third-party module the layer must not use."""
+    layer = layer or layer_of(module)
     bad = []
     for line, name in imports_of(source, module):
-        ours = name == "retina_deploy" or name.startswith("retina_deploy.")
-        # "retina_deploy" allows the package root itself (``__version__``), not everything under it
-        if ours and not any(name == a or (a != "retina_deploy" and name.startswith(a + ".")) for a in allowed):
-            bad.append(f"{module}:{line} imports {name}")
-        if not ours and name.split(".")[0] in forbidden:
-            bad.append(f"{module}:{line} imports {name}")
+        if name == "retina_deploy" or name.startswith("retina_deploy."):
+            target = layer_of(_existing(name))
+            if RANK[target] > RANK[layer]:
+                bad.append(f"{module}:{line} imports {name} ({target}/ is above {layer}/)")
+        elif name.split(".")[0] in FORBIDDEN[layer]:
+            bad.append(f"{module}:{line} imports {name} ({layer}/ must not import {name.split('.')[0]})")
     return bad
 
 
-def stage_files(stage: str) -> list[Path]:
-    return sorted(p for p in (ROOT / stage).rglob("*.py") if "cpp" not in p.parts)
-
-
-@pytest.mark.parametrize("stage", sorted(RULES))
-def test_stage_imports_only_what_it_may(stage):
-    files = stage_files(stage)
-    assert len(files) > 5
-    bad = [v for f in files for v in violations(f.read_text(encoding="utf-8"), module_name(f), stage)]
-    assert not bad, "\n".join(bad)
-
-
-@pytest.mark.parametrize(
-    "stage,source",
-    [
-        ("runtime", "import torch\n"),
-        ("runtime", "def f():\n    from retina_deploy.training.run import train\n"),
-        ("runtime", "from retina_deploy.export.onnx_export import export_onnx\n"),
-        ("runtime", "from ..calib import int8\n"),
-        ("calib", "from retina_deploy.export.engine_builder import build_engine\n"),
-    ],
-)
-def test_a_forbidden_import_is_caught(stage, source):
-    """The rule fails when a forbidden import is added, at module level or inside a function, absolute or relative."""
-    assert violations(source, f"retina_deploy.{stage}.newmodule", stage)
+def _existing(name: str) -> str:
+    """``name``, or the nearest enclosing module that exists (``from pkg import Class`` names pkg)."""
+    while not _is_module(name) and "." in name:
+        name = name.rpartition(".")[0]
+    return name
 
 
 def our_modules() -> dict[str, Path]:
@@ -123,10 +142,52 @@ def our_modules() -> dict[str, Path]:
     return out
 
 
+def test_every_module_belongs_to_a_layer():
+    unplaced = []
+    for name in our_modules():
+        try:
+            layer_of(name)
+        except KeyError as e:
+            unplaced.append(str(e))
+    assert not unplaced, "\n".join(unplaced)
+    assert {layer_of(n) for n in our_modules()} == set(RANK), "a layer in LAYERS has no modules"
+
+
+def test_no_layer_imports_a_higher_one():
+    bad = [v for name, p in sorted(our_modules().items()) for v in violations(p.read_text(encoding="utf-8"), name)]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    "module,source",
+    [
+        ("retina_deploy.core.newmodule", "from retina_deploy.runtime.detector import Detector\n"),
+        ("retina_deploy.runtime.newmodule", "import torch\n"),
+        ("retina_deploy.runtime.newmodule", "def f():\n    from retina_deploy.training.run import train\n"),
+        ("retina_deploy.runtime.newmodule", "from retina_deploy.inference.open import open_model\n"),
+        ("retina_deploy.runtime.post.newmodule", "from ..detector import Detector\n"),
+        ("retina_deploy.runtime.backends.newmodule", "from retina_deploy.runtime.serve import app\n"),
+        ("retina_deploy.runtime.contract.newmodule", "if TYPE_CHECKING:\n    from ..backends.ort import OnnxModel\n"),
+        ("retina_deploy.calib.newmodule", "from retina_deploy.export.engine.builder import build_engine\n"),
+        ("retina_deploy.model.newmodule", "from retina_deploy.cli import main\n"),
+        ("retina_deploy.demo.newmodule", "from retina_deploy.cli.train import run_train\n"),
+    ],
+)
+def test_a_forbidden_import_is_caught(module, source):
+    """The rule fails when a forbidden import is added: at module level, inside a function or type-only,
+    absolute or relative."""
+    assert violations(source, module)
+
+
+def test_an_allowed_import_passes():
+    source = "from retina_deploy.runtime.contract.spec import Backend\nfrom ..image import preprocess\n"
+    assert not violations(source, "retina_deploy.runtime.backends.newmodule", "runtime/backends")
+
+
 def test_no_import_cycles_between_modules():
     modules = our_modules()
     graph = {
-        name: {n for _, n in imports_of(p.read_text(encoding="utf-8"), name) if n in modules and n != name}
+        name: {_existing(n) for _, n in imports_of(p.read_text(encoding="utf-8"), name)} & set(modules) - {name}
         for name, p in modules.items()
     }
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"

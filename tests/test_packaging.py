@@ -19,7 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"retina_deploy": ROOT / "retina_deploy", "export": ROOT / "export", "calib": ROOT / "calib",
            "runtime": ROOT / "runtime"}  # fmt: skip
-IMPORT = "import retina_deploy.runtime, retina_deploy.calib, retina_deploy.export; print(retina_deploy.runtime.__file__)"  # noqa: E501
+IMPORT = (
+    "import retina_deploy.runtime, retina_deploy.calib, retina_deploy.export; print(retina_deploy.runtime.__file__)"  # noqa: E501
+)
 
 
 @pytest.fixture(scope="module")

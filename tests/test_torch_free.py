@@ -25,11 +25,13 @@ def test_runtime_and_calib_import_without_torch():
     code = """
 import importlib, pkgutil
 import retina_deploy, retina_deploy.runtime, retina_deploy.calib
-for pkg in (retina_deploy.runtime, retina_deploy.calib):
-    for m in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(pkg.__name__ + "." + m.name)
-import retina_deploy.artifacts, retina_deploy.predict
-import retina_deploy.errors, retina_deploy.fileio, retina_deploy.config, retina_deploy.evaluate
+import retina_deploy.core
+for pkg in (retina_deploy.core, retina_deploy.runtime, retina_deploy.calib):
+    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        importlib.import_module(m.name)
+import retina_deploy.core.artifacts, retina_deploy.inference.predict, retina_deploy.inference.open
+import retina_deploy.core.errors, retina_deploy.core.fileio, retina_deploy.model.config
+import retina_deploy.evaluation.metrics, retina_deploy.evaluation.loop
 print("ok", "torch" in sys.modules)
 """
     result = run_without_torch(code)
@@ -45,12 +47,12 @@ def test_detector_end_to_end_without_torch(tmp_path):
     import torch
     from PIL import Image
 
-    from retina_deploy.checkpoint import save_checkpoint
-    from retina_deploy.config import ModelConfig
     from retina_deploy.export.onnx_export import ExportConfig, export_onnx
+    from retina_deploy.inference.open import open_model
     from retina_deploy.model import build_model
-    from retina_deploy.predict import TorchPredictor
-    from retina_deploy.runtime.preprocess import PreprocessConfig
+    from retina_deploy.model.checkpoint import save_checkpoint
+    from retina_deploy.model.config import ModelConfig
+    from retina_deploy.runtime.image.preprocess import PreprocessConfig
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="resnet18", num_classes=2, head_norm="groupnorm"))
@@ -62,7 +64,8 @@ def test_detector_end_to_end_without_torch(tmp_path):
     onnx_path = export_onnx(ckpt, tmp_path / "m.onnx", ExportConfig(nms="none", batch=(1, 1, 2), simplify=False))
     image = np.random.default_rng(0).integers(0, 256, size=(90, 160, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "x.png")
-    expected = TorchPredictor.from_checkpoint(ckpt).predict([image])[0]
+    with open_model(ckpt) as torch_detector:  # the checkpoint in PyTorch
+        expected = torch_detector.detect_one(image)
     code = f"""
 import json
 from retina_deploy.runtime.batching import BatchingDetector

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from retina_deploy.errors import DatasetError
+from retina_deploy.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class CocoDataset:
         """RGB uint8 [h, w, 3] of ``record``, upright as its EXIF orientation says (``exif_orientation``
         False: as stored); DatasetError when the decoded size is not the one the annotations state (its
         boxes would be misplaced), ImageError for an unreadable file."""
-        from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS, load_image
+        from retina_deploy.runtime.image.image_io import DEFAULT_MAX_PIXELS, load_image
 
         image = load_image(record.path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, exif_orientation=exif_orientation)
         if image.shape[:2] != (record.height, record.width):

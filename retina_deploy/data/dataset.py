@@ -14,10 +14,10 @@ from typing import TypedDict
 import numpy as np
 import torch
 
+from retina_deploy.core.errors import ConfigError, DatasetError
 from retina_deploy.data.coco import CocoDataset
-from retina_deploy.errors import ConfigError, DatasetError
-from retina_deploy.runtime.image_io import DEFAULT_MAX_PIXELS
-from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess, resize_bilinear, resize_scale
+from retina_deploy.runtime.image.image_io import DEFAULT_MAX_PIXELS
+from retina_deploy.runtime.image.preprocess import PreprocessConfig, preprocess, resize_bilinear, resize_scale
 
 MIN_BOX_SIDE = 1.0  # input pixels; narrower or shorter boxes after augmentation are dropped
 MIN_VISIBLE_FRACTION = 0.25  # a box cut by a random crop is dropped if less than this much of it remains
@@ -47,7 +47,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     """Images of a ``CocoDataset`` as network inputs with their boxes.
 
     Item ``i`` is ``(image, target)``: image FloatTensor [3, H, W] (``cfg.size``), normalised, zero at the
-    bottom/right padding, exactly as ``runtime.preprocess.preprocess`` makes it for inference; target a
+    bottom/right padding, exactly as ``runtime.image.preprocess.preprocess`` makes it for inference; target a
     ``DetectionTarget``.
 
     Augmentation (only when ``train``): horizontal flip with probability ``hflip_prob``, then, with

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from retina_deploy.errors import ConfigError
-from retina_deploy.fileio import remove_stale_temporaries, replace_dir, temporary_sibling_dir
-from retina_deploy.outputs import check_output_dir, mark_folder
+from retina_deploy.core.errors import ConfigError
+from retina_deploy.core.fileio import remove_stale_temporaries, replace_dir, temporary_sibling_dir
+from retina_deploy.core.outputs import check_output_dir, mark_folder
 
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ring")
 IMAGES_DIRNAME = "images"

@@ -7,9 +7,9 @@ import math
 import sys
 from pathlib import Path
 
-from retina_deploy.cli_common import OneLineParser
+from retina_deploy.cli.common import OneLineParser
+from retina_deploy.core.outputs import check_output_dir, remove_marked_dir
 from retina_deploy.gpucheck.check import COMMAND, DEFAULT_MINUTES, PARTS, CheckOptions, run_check, select_parts
-from retina_deploy.outputs import check_output_dir, remove_marked_dir
 
 
 class _Parser(OneLineParser):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from retina_deploy.core.outputs import mark_folder
 from retina_deploy.gpucheck.context import CheckContext
 from retina_deploy.gpucheck.parts_engine import part_cpp_trt, part_trt_engines
 from retina_deploy.gpucheck.parts_env import part_env
@@ -39,7 +40,6 @@ from retina_deploy.gpucheck.report import (
     run_part,
     write_report,
 )
-from retina_deploy.outputs import mark_folder
 
 # In running order: the cheap and most telling first, torch.compile (minutes of compiling) last.
 PARTS: dict[str, Callable[..., None]] = {

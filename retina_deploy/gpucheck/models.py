@@ -7,16 +7,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from retina_deploy.config import ModelConfig
 from retina_deploy.model import build_model
+from retina_deploy.model.config import ModelConfig
 
 NUM_CLASSES = 80
 
 
 def random_checkpoint(out_dir: Path, *, backbone: str, size: tuple[int, int]) -> Path:
     """A seeded random-weights 80-class checkpoint whose scores spread above the threshold (many NMS candidates)."""
-    from retina_deploy.checkpoint import save_checkpoint
-    from retina_deploy.runtime.preprocess import PreprocessConfig
+    from retina_deploy.model.checkpoint import save_checkpoint
+    from retina_deploy.runtime.image.preprocess import PreprocessConfig
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone=backbone, num_classes=NUM_CLASSES))

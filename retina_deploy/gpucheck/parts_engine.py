@@ -49,7 +49,7 @@ def build_one(ctx: CheckContext, onnx: Path, flavour: str, precision: str) -> di
     """``build_engine`` of ``onnx`` in ``precision``; the engine and its baked ONNX file go in ctx.artifacts."""
     from retina_deploy.calib.int8 import CalibConfig
     from retina_deploy.calib.quantize import Int8Config
-    from retina_deploy.export.engine_builder import EngineBuildConfig, build_engine
+    from retina_deploy.export.engine.builder import EngineBuildConfig, build_engine
 
     plan = ctx.plan
     int8 = None
@@ -154,8 +154,8 @@ def _can_run_engines(ctx: CheckContext, flavour: str) -> str | None:
     if importlib_find("cuda") is None:
         return "missing package: cuda-python (the TensorRT backend's CUDA bindings)"
     if flavour == "tensorrt-rtx":
-        from retina_deploy.runtime.trt_backend import import_tensorrt
-        from retina_deploy.runtime.trt_support import rtx_capabilities
+        from retina_deploy.runtime.backends.tensorrt import import_tensorrt
+        from retina_deploy.runtime.backends.trt_support import rtx_capabilities
 
         trt = import_tensorrt(flavour)
         supported, capability = rtx_capabilities(trt), "{}.{}".format(*torch.cuda.get_device_capability(0))
@@ -178,7 +178,7 @@ def part_trt_engines(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
     require_modules("torch", "retina_deploy.runtime")
     if not ctx.dry_run:
         ctx.require_gpu()
-    from retina_deploy.runtime.trt_backend import installed_flavours
+    from retina_deploy.runtime.backends.tensorrt import installed_flavours
 
     flavours = installed_flavours()
     if not flavours:
@@ -267,7 +267,7 @@ def part_cpp_trt(ctx: CheckContext, rec: PartRecord, clock: Clock) -> None:
         raise Skip("built and tested the core only: CMake found no TensorRT headers/library (set TENSORRT_ROOT)")
     rec.summary = "TensorRT backend built" + (", tests pass" if "ctest" in rec.figures else "")
     # C++ vs Python detections on one engine (retina_infer --json vs Detector), CUDA graphs off and on.
-    parity = REPO / "tests" / "runtime" / "test_cpp_trt_parity.py"
+    parity = REPO / "tests" / "runtime" / "cpp" / "test_cpp_trt_parity.py"
     if parity.is_file() and importlib.util.find_spec("pytest") is not None:
         clock.require(60, "C++ TensorRT parity")
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(parity)]

@@ -106,7 +106,7 @@ def _nccl_version() -> str | None:
 def cuda_driver_version() -> str | None:
     """The CUDA version the driver supports (cuda-python), e.g. "13.0"; None without cuda-python."""
     try:
-        from retina_deploy.runtime.cuda_mem import import_cudart
+        from retina_deploy.runtime.backends.cuda_mem import import_cudart
 
         err, version = import_cudart().cudaDriverGetVersion()
     except Exception:  # optional figure: cuda-python missing or no driver

@@ -2,7 +2,7 @@
 
 Latency is timed with CUDA events around each run (after warm-up runs), so host overhead between
 launches counts but Python timing noise does not; the median and the 90th percentile are reported,
-with the achieved TFLOP/s and the fraction of the GPU's dense peak (``runtime.peak``). FP32 disables TF32
+with the achieved TFLOP/s and the fraction of the GPU's dense peak (``runtime.bench.peak``). FP32 disables TF32
 in cuDNN and cuBLAS; TF32 enables it; FP16 runs a half-precision copy of the weights (as an engine does).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from retina_deploy.gpucheck.context import CheckContext, require_modules
 from retina_deploy.gpucheck.report import Clock, PartRecord, run_step
-from retina_deploy.runtime.peak import fraction_of_peak
+from retina_deploy.runtime.bench.peak import fraction_of_peak
 
 WARMUP = 3
 

@@ -32,8 +32,8 @@ def _step_options(device, amp: str):
 def _model_and_optimizer(backbone: str, device, *, fpn_channels: int = 256):
     import torch
 
-    from retina_deploy.config import ModelConfig
     from retina_deploy.model import build_model
+    from retina_deploy.model.config import ModelConfig
     from retina_deploy.training.optim import build_optimizer
 
     torch.manual_seed(0)

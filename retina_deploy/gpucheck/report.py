@@ -165,7 +165,7 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     """Write ``report`` atomically; a figure JSON cannot hold (a path, a numpy scalar) is written as its str."""
     import json
 
-    from retina_deploy.fileio import write_bytes_atomic
+    from retina_deploy.core.fileio import write_bytes_atomic
 
     write_bytes_atomic(path, (json.dumps(report, indent=2, default=str) + "\n").encode())
 

@@ -10,7 +10,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from retina_deploy.config import BACKBONE_CHANNELS, ModelConfig
+from retina_deploy.model.config import BACKBONE_CHANNELS, ModelConfig
 
 
 class ResNetBody(nn.Module):

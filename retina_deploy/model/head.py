@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from retina_deploy.config import ModelConfig
+from retina_deploy.model.config import ModelConfig
 
 
 def _tower(channels: int, head_norm: str) -> nn.Sequential:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss
 
-from retina_deploy.config import ModelConfig
 from retina_deploy.model import box_coder
+from retina_deploy.model.config import ModelConfig
 from retina_deploy.model.matcher import IGNORE, match_anchors
 
 

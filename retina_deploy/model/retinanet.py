@@ -6,10 +6,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from retina_deploy.config import ModelConfig
 from retina_deploy.model import box_coder
 from retina_deploy.model.anchors import anchors_for_grids
 from retina_deploy.model.backbone import BackboneWithFPN
+from retina_deploy.model.config import ModelConfig
 from retina_deploy.model.head import RetinaNetHead
 from retina_deploy.model.loss import retinanet_loss
 
@@ -72,7 +72,15 @@ class RetinaNet(nn.Module):
         anchors: list[Tensor],
         image_sizes: list[tuple[int, int]],
     ) -> list[dict[str, Tensor]]:
-        """Score threshold, top-k per level, decode, clip to ``image_sizes`` (h, w), class-aware NMS."""
+        """Score threshold, top-k per level, decode, clip to ``image_sizes`` (h, w), class-aware NMS.
+
+        One of four copies of the post-processing, each for a reason: this one is torchvision's own
+        algorithm on dynamic shapes (tests hold it to torchvision's RetinaNet, detections included) and
+        clips each image to its own size; the exported graph (``export/postprocess.py``) needs fixed
+        shapes, TopK before the threshold and ops TensorRT maps; ``runtime/post/host_nms.py`` finishes
+        ``--nms none`` files without torch; ``runtime/cpp/src/postprocess.cpp`` does it for C++ callers.
+        Tests hold all four to the same detections (ties aside).
+        """
         cfg = self.cfg
         detections = []
         for i, (h, w) in enumerate(image_sizes):

@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from retina_deploy.errors import CheckpointError
+from retina_deploy.core.errors import CheckpointError
 
 
 def load_state_dict_strict(

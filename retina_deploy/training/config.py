@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retina_deploy.config import ModelConfig
-from retina_deploy.errors import ConfigError
-from retina_deploy.runtime.preprocess import PreprocessConfig, from_dict_strict
+from retina_deploy.core.errors import ConfigError
+from retina_deploy.core.strict import from_dict_strict
+from retina_deploy.model.config import ModelConfig
+from retina_deploy.runtime.image.preprocess import PreprocessConfig
 from retina_deploy.training import run_files
 
 SCHEDULES = ("cosine", "flat-cosine", "step")  # the lr decays, see training.optim.LRSchedule
@@ -227,3 +228,9 @@ def _validate(cfg: TrainConfig) -> None:
         len(cfg.scale_jitter) == 2 and 0 < cfg.scale_jitter[0] <= cfg.scale_jitter[1]
     ):
         raise ConfigError(f"scale_jitter must be (low, high) with 0 < low <= high, got {cfg.scale_jitter!r}")
+
+
+def train_flag_fields() -> list[str]:
+    """The TrainConfig fields that ``retina-deploy train`` sets with a ``--flag`` of the same name: all but the
+    training set, the run folder and ``resume`` (tests/retina_deploy/cli/test_cli.py checks each has one)."""
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("images", "annotations", "out", "resume")]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from retina_deploy.errors import ConfigError, RetinaDeployError
+from retina_deploy.core.errors import ConfigError, RetinaDeployError
 
 T = TypeVar("T")
 # Rank 0 validates alone while the others wait at a collective; validation of a large set can take long.
@@ -111,7 +111,7 @@ def run_on_main(info: DistInfo, fn: Callable[[], T]) -> T:
     torch_dist.broadcast_object_list(payload, src=0)
     status = payload[0]
     if status[0] == "error":
-        import retina_deploy.errors as errors
+        import retina_deploy.core.errors as errors
 
         raise getattr(errors, status[1], ConfigError)(f"(rank 0) {status[2]}")
     return status[1]

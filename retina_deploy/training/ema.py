@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retina_deploy.errors import ConfigError
+from retina_deploy.core.errors import ConfigError
 
 
 def ema_decay_at(decay: float, updates: int) -> float:

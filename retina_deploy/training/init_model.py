@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from retina_deploy.checkpoint import CheckpointInfo, read_checkpoint, read_checkpoint_info
-from retina_deploy.errors import CheckpointError, ConfigError
+from retina_deploy.core.errors import CheckpointError, ConfigError
 from retina_deploy.model import RetinaNet, build_model
+from retina_deploy.model.checkpoint import CheckpointInfo, read_checkpoint, read_checkpoint_info
 from retina_deploy.model.weights import load_state_dict_strict
 from retina_deploy.training.config import TrainConfig
 

@@ -1,6 +1,6 @@
 """The training loop: one step and one epoch (autocast, clipping, progress bar, CSV log).
 
-Validation scores through ``predict.evaluate_predictor``, the code ``eval`` uses for every model file.
+Validation scores through ``evaluation.loop.evaluate_detector``, the code ``eval`` uses for every model file.
 
 ``run.py`` owns the run (config, schedule, checkpoints, resume); this module only runs batches.
 """
@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from retina_deploy.core.errors import ConfigError
+from retina_deploy.core.fileio import atomic_path
 from retina_deploy.data.dataset import DetectionTarget
-from retina_deploy.errors import ConfigError
-from retina_deploy.fileio import atomic_path
 from retina_deploy.training.distributed import DistInfo, all_reduce_
 from retina_deploy.training.optim import set_lr
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retina_deploy.errors import ConfigError
+from retina_deploy.core.errors import ConfigError
 from retina_deploy.training.config import SCHEDULES
 
 WARMUP_FACTOR = 0.001  # the first iteration runs at lr * 0.001, rising linearly to lr (Goyal et al., 2017)

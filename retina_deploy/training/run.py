@@ -26,12 +26,14 @@ from typing import Any
 
 import torch
 
-from retina_deploy.checkpoint import save_checkpoint
+from retina_deploy.core.errors import ConfigError, DatasetError
 from retina_deploy.data.coco import CocoDataset, load_coco
 from retina_deploy.data.dataset import DetectionDataset, collate_detections
-from retina_deploy.errors import ConfigError, DatasetError
-from retina_deploy.predict import TorchPredictor, evaluate_predictor
-from retina_deploy.runtime.preprocess import PreprocessConfig
+from retina_deploy.evaluation.loop import evaluate_detector
+from retina_deploy.inference.torch_backend import TorchBackend, checkpoint_spec
+from retina_deploy.model.checkpoint import save_checkpoint
+from retina_deploy.runtime.detector import Detector
+from retina_deploy.runtime.image.preprocess import PreprocessConfig
 from retina_deploy.training import distributed, run_files
 from retina_deploy.training.config import PATH_FIELDS, RESUME_OVERRIDABLE, TrainConfig
 from retina_deploy.training.ema import ModelEMA
@@ -343,9 +345,10 @@ class _Run:
         return self.model if self.ema is None else self.ema.module
 
     def _evaluate(self, model: torch.nn.Module) -> dict[str, float | None]:
-        predictor = TorchPredictor(model, self.train_coco.class_names, self.preprocess, self.device)
+        spec = checkpoint_spec(model.cfg, self.train_coco.class_names, self.preprocess)
+        backend = TorchBackend(model, input_size=spec.preprocess.size, max_dets=spec.nms.max_dets, device=self.device)
         try:  # the code that scores checkpoints, ONNX files and engines
-            metrics, _ = evaluate_predictor(predictor, self.val_coco, batch_size=self.cfg.batch_size)
+            metrics, _ = evaluate_detector(Detector(backend, spec), self.val_coco, batch_size=self.cfg.batch_size)
         finally:
             self.model.train()
             if self.ema is not None:

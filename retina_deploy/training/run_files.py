@@ -4,7 +4,7 @@
 
     RUN/config.json      {"format": "retina-deploy/run", "train": TrainConfig, "model": ModelConfig,
                           "class_names": [...], "preprocess": PreprocessConfig}
-    RUN/last/, RUN/best/ checkpoints (``retina_deploy.checkpoint``); best/ only with a validation set
+    RUN/last/, RUN/best/ checkpoints (``retina_deploy.model.checkpoint``); best/ only with a validation set
     RUN/train_state.pt   everything a resume needs (model, optimizer, weight average, progress, RNG), one atomic file
     RUN/metrics.csv      per-iteration losses and lr, per-validation AP (``engine.MetricsLog``)
     RUN/train.log        the log of rank 0
@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from retina_deploy.errors import CheckpointError, ConfigError
-from retina_deploy.fileio import atomic_path, check_format, read_format_json, write_json_atomic
+from retina_deploy.core.errors import CheckpointError, ConfigError
+from retina_deploy.core.fileio import atomic_path, check_format, read_format_json, write_json_atomic
 
 RUN_FORMAT = "retina-deploy/run"
 STATE_FORMAT = "retina-deploy/train-state"
@@ -41,8 +41,8 @@ RUN_CONFIG_KEYS = ("format", "format_version", "train", "model", "class_names", 
 
 def check_new_run_dir(out: Path) -> None:
     """A new run needs ``out`` absent or an empty folder (anything else might be a previous run), in a
-    place it can write (``retina_deploy.outputs``)."""
-    from retina_deploy.outputs import check_output_dir
+    place it can write (``retina_deploy.core.outputs``)."""
+    from retina_deploy.core.outputs import check_output_dir
 
     if out.is_dir() and any(out.iterdir()):
         what = "a previous run" if (out / CONFIG_NAME).is_file() else "files"

@@ -23,11 +23,11 @@ def export_none(out_dir: Path, seed: int = 0) -> Path:
     import torch
     from torch import nn
 
-    from retina_deploy.checkpoint import save_checkpoint
-    from retina_deploy.config import ModelConfig
     from retina_deploy.export.onnx_export import ExportConfig, export_onnx
     from retina_deploy.model import build_model
-    from retina_deploy.runtime.preprocess import PreprocessConfig
+    from retina_deploy.model.checkpoint import save_checkpoint
+    from retina_deploy.model.config import ModelConfig
+    from retina_deploy.runtime.image.preprocess import PreprocessConfig
 
     torch.manual_seed(seed)
     cfg = ModelConfig(
@@ -68,7 +68,7 @@ def pseudo_labels(onnx_path: Path, images_dir: Path, out_json: Path, *, min_scor
     The FP32 file then scores AP ~1.0 on it, and any AP another precision loses is its own error.
     """
     from retina_deploy.runtime.detector import Detector
-    from retina_deploy.runtime.image_io import load_image
+    from retina_deploy.runtime.image.image_io import load_image
 
     files = sorted(images_dir.glob("*.png"))
     images, annotations = [], []

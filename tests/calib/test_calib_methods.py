@@ -10,7 +10,7 @@ from PIL import Image
 
 from retina_deploy.calib.int8 import CALIB_METHODS, CalibConfig, activation_ranges
 from retina_deploy.calib.sampler import sample_calibration_images
-from retina_deploy.runtime.preprocess import PreprocessConfig
+from retina_deploy.runtime.image.preprocess import PreprocessConfig
 
 
 @pytest.fixture(scope="module")

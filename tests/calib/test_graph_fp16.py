@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from retina_deploy.calib.fp16 import FP16_MAX, convert_to_fp16
 from retina_deploy.calib.graph import tail_node_names, weighted_node_names
-from retina_deploy.errors import ModelFileError
+from retina_deploy.core.errors import ModelFileError
 
 
 def tiny_detector(big_weight: bool = False) -> onnx.ModelProto:

@@ -11,8 +11,8 @@ import pytest
 
 from retina_deploy.calib.int8 import CalibConfig
 from retina_deploy.calib.quantize import Int8Config, quantize_int8
-from retina_deploy.cli import main
-from retina_deploy.errors import ConfigError
+from retina_deploy.cli.main import main
+from retina_deploy.core.errors import ConfigError
 
 CALIB = CalibConfig(method="minmax", num=4)
 

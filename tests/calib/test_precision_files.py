@@ -17,8 +17,8 @@ from retina_deploy.calib.fp16 import write_fp16_onnx
 from retina_deploy.calib.graph import tail_node_names
 from retina_deploy.calib.int8 import CalibConfig
 from retina_deploy.calib.quantize import Int8Config, quantize_int8
-from retina_deploy.errors import ConfigError, ModelFileError
-from retina_deploy.runtime.onnx_runner import OnnxModel
+from retina_deploy.core.errors import ConfigError, ModelFileError
+from retina_deploy.runtime.backends.ort import OnnxModel
 
 FAST = CalibConfig(method="minmax", num=4, batch=2)
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from retina_deploy.calib.sampler import sample_calibration_images
-from retina_deploy.errors import DatasetError, ImageError
-from retina_deploy.runtime.preprocess import PreprocessConfig, preprocess
+from retina_deploy.core.errors import DatasetError, ImageError
+from retina_deploy.runtime.image.preprocess import PreprocessConfig, preprocess
 
 CFG = PreprocessConfig(size=(128, 128))
 

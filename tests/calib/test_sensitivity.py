@@ -9,7 +9,7 @@ from retina_deploy.calib.accuracy import coco_metrics
 from retina_deploy.calib.int8 import CalibConfig
 from retina_deploy.calib.quantize import Int8Config, quantize_int8
 from retina_deploy.calib.sensitivity import _search_k
-from retina_deploy.errors import ConfigError
+from retina_deploy.core.errors import ConfigError
 
 # A random-weight model loses ~35 AP points against its own FP32 detections in INT8 (its many
 # near-tied, overlapping candidates flip in NMS), so the budget sits between that and the 100-point

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from export_helpers import BATCH, make_checkpoint
+from testkit.export_helpers import BATCH, make_checkpoint
 
 from retina_deploy.export.onnx_export import ExportConfig, export_onnx
 

@@ -10,17 +10,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_helpers import BATCH, SIZE, assert_same_detections, make_checkpoint, noise_images
 from model_factory import write_foreign_onnx
+from testkit.export_helpers import BATCH, SIZE, assert_same_detections, make_checkpoint, noise_images
 
 from retina_deploy import __version__
-from retina_deploy.artifacts import read_onnx_metadata
-from retina_deploy.checkpoint import load_checkpoint, sha256_file
-from retina_deploy.config import ModelConfig
-from retina_deploy.errors import CheckpointError, ConfigError, ModelFileError
+from retina_deploy.core.errors import CheckpointError, ConfigError, ModelFileError
 from retina_deploy.export.onnx_export import ExportConfig, export_onnx
 from retina_deploy.model import build_model
-from retina_deploy.runtime.onnx_runner import OnnxModel
+from retina_deploy.model.checkpoint import load_checkpoint, sha256_file
+from retina_deploy.model.config import ModelConfig
+from retina_deploy.runtime.backends.ort import OnnxModel
+from retina_deploy.runtime.contract.onnx_files import read_onnx_metadata
 
 
 def torch_detections(checkpoint, images: np.ndarray) -> list[dict]:

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 from detection_compare import compare_detections
-from export_helpers import SIZE
+from testkit.export_helpers import SIZE
 
-from retina_deploy.config import ModelConfig
 from retina_deploy.export.onnx_export import ExportModel
 from retina_deploy.export.postprocess import CandidatesPerLevel, DenseHead, EfficientNmsHead, OnnxNmsHead
 from retina_deploy.model import build_model
 from retina_deploy.model.anchors import anchors_for_grids, grids_for_input
-from retina_deploy.runtime.host_nms import detections_from_dense
-from retina_deploy.runtime.onnx_metadata import NmsSettings
+from retina_deploy.model.config import ModelConfig
+from retina_deploy.runtime.contract.onnx_metadata import NmsSettings
+from retina_deploy.runtime.post.host_nms import detections_from_dense
 
 NUM_CLASSES = 3
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from export_helpers import noise_images
+from testkit.export_helpers import noise_images
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 from torchvision_models import make_torchvision_retinanet
 
-from retina_deploy.convert import convert_torchvision
 from retina_deploy.export.onnx_export import ExportConfig, export_onnx
-from retina_deploy.runtime.onnx_runner import OnnxModel
-from retina_deploy.runtime.preprocess import PreprocessConfig
+from retina_deploy.model.convert import convert_torchvision
+from retina_deploy.runtime.backends.ort import OnnxModel
+from retina_deploy.runtime.image.preprocess import PreprocessConfig
 
 SIZE = (128, 256)
 

@@ -9,17 +9,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from export_helpers import BATCH, SIZE
 from google.protobuf import json_format, text_format
+from testkit.export_helpers import BATCH, SIZE
 from tritonclient.grpc import model_config_pb2
 
-from retina_deploy.errors import ConfigError, ModelFileError
+from retina_deploy.core.errors import ConfigError, ModelFileError
+from retina_deploy.core.fileio import sha256_file
 from retina_deploy.export.triton_repo import TritonRepoConfig, config_pbtxt, write_triton_repo
-from retina_deploy.fileio import sha256_file
-from retina_deploy.runtime.manifest import fields_from_onnx_metadata, write_manifest
-from retina_deploy.runtime.onnx_metadata import OnnxMetadata
+from retina_deploy.runtime.contract.manifest import fields_from_onnx_metadata, write_manifest
+from retina_deploy.runtime.contract.onnx_metadata import OnnxMetadata
 
-RUNTIME_TESTS = Path(__file__).parents[1] / "runtime"
 ONNX_TYPES = {1: "TYPE_FP32", 6: "TYPE_INT32"}
 
 
@@ -158,12 +157,8 @@ def test_cli(r18_exports, tmp_path):
 def test_detector_over_the_repository_equals_the_onnx_file(r18_exports, tmp_path, nms):
     """The repository served by a stand-in that runs its model.onnx with ONNX Runtime and answers with
     the config as Triton's JSON: triton:// gives the same Detections as the file itself."""
-    sys.path.insert(0, str(RUNTIME_TESTS))
-    try:
-        from triton_fake import FakeTriton
-    finally:
-        sys.path.remove(str(RUNTIME_TESTS))
     import onnxruntime as ort
+    from testkit.triton_fake import FakeTriton
 
     from retina_deploy.runtime import Detector
 

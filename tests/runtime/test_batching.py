@@ -11,17 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from retina_deploy.errors import ConfigError, ImageError
+from retina_deploy.core.errors import ConfigError, ImageError
 from retina_deploy.runtime.batching import (
     BatcherClosedError,
     BatchingDetector,
     QueueFullError,
     RequestTimeoutError,
 )
+from retina_deploy.runtime.contract.onnx_metadata import NmsSettings
+from retina_deploy.runtime.contract.spec import ModelSpec
 from retina_deploy.runtime.detector import Detector
-from retina_deploy.runtime.onnx_metadata import NmsSettings
-from retina_deploy.runtime.preprocess import PreprocessConfig
-from retina_deploy.runtime.spec import ModelSpec
+from retina_deploy.runtime.image.preprocess import PreprocessConfig
 
 PRE = PreprocessConfig(size=(128, 128), mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255))  # input = pixel
 
@@ -203,7 +203,7 @@ def test_settings_are_checked():
 
 
 def test_real_model_through_the_batcher():
-    from detector_models import exported, images, match_detections
+    from testkit.detector_models import exported, images, match_detections
 
     with Detector.load(exported("onnx")) as det, BatchingDetector(det, max_delay_ms=10) as batcher:
         imgs = images()

@@ -5,20 +5,20 @@ import threading
 
 import numpy as np
 import pytest
-from detector_models import CLASS_NAMES, checkpoint, exported, images, match_detections
 from PIL import Image
+from testkit.detector_models import CLASS_NAMES, checkpoint, exported, images, match_detections
 
-from retina_deploy.errors import ConfigError, ImageError, ModelFileError
-from retina_deploy.runtime.detections import Detections
+from retina_deploy.core.errors import ConfigError, ImageError, ModelFileError
 from retina_deploy.runtime.detector import Detector
+from retina_deploy.runtime.post.detections import Detections
 
 
 @pytest.fixture(scope="module")
 def torch_detections():
-    from retina_deploy.predict import TorchPredictor
+    from retina_deploy.inference.open import open_model
 
-    predictor = TorchPredictor.from_checkpoint(checkpoint())
-    return [predictor.predict([img])[0] for img in images()]
+    with open_model(checkpoint()) as torch_detector:  # the checkpoint in PyTorch
+        return [torch_detector.detect_one(img) for img in images()]
 
 
 @pytest.fixture(scope="module", params=["onnx", "none"])
@@ -158,23 +158,6 @@ def test_backend_choice_is_checked(tmp_path):
     (tmp_path / "m.txt").write_text("x")
     with pytest.raises(ModelFileError, match="expected .onnx or .engine"):
         Detector.load(tmp_path / "m.txt")
-
-
-def test_load_predictor_uses_the_detector_for_onnx(tmp_path):
-    from retina_deploy.predict import load_predictor, predict_files
-
-    predictor = load_predictor(exported("onnx"), device="cpu")
-    assert isinstance(predictor, Detector)
-    img_path = tmp_path / "a.jpg"
-    Image.fromarray(images()[0]).save(img_path)
-    (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    records, errors = predict_files(predictor, [img_path, tmp_path / "bad.jpg"], tmp_path / "out")
-    assert len(errors) == 1 and "bad.jpg" in errors[0]
-    assert (tmp_path / "out" / "a.png").is_file()
-    assert records[0]["detections"] and records[0]["width"] == 300  # records follow the input order
-    assert "error" in records[1]
-    with pytest.raises(ConfigError, match="device"):
-        load_predictor(exported("onnx"), device="gpu7")
 
 
 def test_ort_provider_chains(monkeypatch):

@@ -5,28 +5,24 @@ Model files: foreign, truncated, tampered ONNX files; foreign, tampered, forged 
 Weight-only edits of an ONNX file cannot be detected (ONNX files carry no signature; engines do).
 """
 
-import io
-import json
 import struct
 import time
 import zlib
 
 import numpy as np
-import onnx
 import pytest
-from bad_outputs import CORRUPTIONS
-from detector_models import exported, images
-from onnx import TensorProto, helper
-from PIL import Image
-from serve_fakes import PRE, fake_detector
+from testkit.bad_onnx_files import ONNX_CASES, encode_image
+from testkit.bad_outputs import CORRUPTIONS
+from testkit.detector_models import exported, images
+from testkit.serve_fakes import PRE, fake_detector
 
-from retina_deploy.errors import ConfigError, ImageError, ModelFileError, ModelOutputError, RetinaDeployError
+from retina_deploy.core.errors import ConfigError, ImageError, ModelFileError, ModelOutputError, RetinaDeployError
 from retina_deploy.runtime.batching import BatchingDetector
+from retina_deploy.runtime.contract.manifest import manifest_path, write_manifest
+from retina_deploy.runtime.contract.onnx_metadata import NmsSettings
+from retina_deploy.runtime.contract.spec import ModelSpec
 from retina_deploy.runtime.detector import Detector
-from retina_deploy.runtime.image_io import load_image
-from retina_deploy.runtime.manifest import manifest_path, write_manifest
-from retina_deploy.runtime.onnx_metadata import NmsSettings
-from retina_deploy.runtime.spec import ModelSpec
+from retina_deploy.runtime.image.image_io import load_image
 
 MAX_SECONDS = 5.0
 
@@ -35,12 +31,6 @@ MAX_SECONDS = 5.0
 def detector():
     with Detector.load(exported("onnx"), max_pixels=4_000_000) as det:
         yield det
-
-
-def _encode(fmt, size=(64, 48), **kw):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((size[1], size[0], 3), 120, np.uint8)).save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def _png_chunk(kind, data):
@@ -57,15 +47,15 @@ def _png_bomb(width, height):
 IMAGE_FILES = {
     "empty": (b"", "empty"),
     "text": (b"hello, I am not an image\n" * 10, "unrecognised"),
-    "truncated_png": (_encode("PNG", (300, 200))[:200], "truncated|corrupt"),
-    "truncated_jpeg": (_encode("JPEG", (300, 200))[:300], "truncated|corrupt"),
-    "corrupt_png_body": (_encode("PNG")[:40] + b"\xff" * 400, "truncated|corrupt"),
+    "truncated_png": (encode_image("PNG", (300, 200))[:200], "truncated|corrupt"),
+    "truncated_jpeg": (encode_image("JPEG", (300, 200))[:300], "truncated|corrupt"),
+    "corrupt_png_body": (encode_image("PNG")[:40] + b"\xff" * 400, "truncated|corrupt"),
     "jpeg_soi_then_noise": (b"\xff\xd8\xff" + bytes(range(256)) * 4, "corrupt|unrecognised|truncated"),
     "huge_header_png": (_png_bomb(60_000, 60_000), "exceeds the limit|decompression bomb"),
     "wide_header_png": (_png_bomb(2_100_000, 2), "exceeds the limit|decompression bomb"),
-    "gif": (_encode("GIF"), "format GIF is not accepted"),
-    "tiff": (_encode("TIFF"), "format TIFF is not accepted"),
-    "webp": (_encode("WEBP"), "format WEBP is not accepted"),
+    "gif": (encode_image("GIF"), "format GIF is not accepted"),
+    "tiff": (encode_image("TIFF"), "format TIFF is not accepted"),
+    "webp": (encode_image("WEBP"), "format WEBP is not accepted"),
 }
 
 
@@ -119,55 +109,6 @@ def test_objects_that_are_not_images(detector):
 
 
 # ---------------------------------------------------------------- ONNX files
-
-
-def _foreign_onnx() -> bytes:
-    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, 256, 256])
-    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 3, 256, 256])
-    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["out"])], "g", [x], [y])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
-
-def _with_metadata(change) -> bytes:
-    model = onnx.load(str(exported("onnx")))
-    props = {p.key: p.value for p in model.metadata_props}
-    change(props)
-    del model.metadata_props[:]
-    for k, v in props.items():
-        model.metadata_props.add(key=k, value=v)
-    return model.SerializeToString()
-
-
-def _renamed_output() -> bytes:
-    model = onnx.load(str(exported("onnx")))
-    old = model.graph.output[1].name
-    model.graph.output[1].name = "renamed"
-    for node in model.graph.node:
-        node.output[:] = ["renamed" if o == old else o for o in node.output]
-    return model.SerializeToString()
-
-
-def _nms_of(mode):
-    def change(props):
-        nms = json.loads(props["nms"])
-        nms["mode"] = mode
-        props["nms"] = json.dumps(nms)
-
-    return change
-
-
-ONNX_CASES = {
-    "empty": (lambda: b"", "not a loadable ONNX file|no such|truncated"),
-    "random_bytes": (lambda: bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not a loadable"),
-    "truncated": (lambda: exported("onnx").read_bytes()[:100_000], "not a loadable ONNX file"),
-    "a_jpeg_renamed": (lambda: _encode("JPEG"), "not a loadable ONNX file"),
-    "foreign_model": (_foreign_onnx, "not a retina-deploy ONNX file"),
-    "metadata_format_changed": (lambda: _with_metadata(lambda p: p.update(format='"other"')), "not a retina-deploy"),
-    "metadata_not_json": (lambda: _with_metadata(lambda p: p.update(class_names="[oops")), "malformed"),
-    "metadata_key_removed": (lambda: _with_metadata(lambda p: p.pop("nms")), "lacks"),
-    "metadata_says_dense_outputs": (lambda: _with_metadata(_nms_of("none")), "outputs"),
-    "output_renamed": (_renamed_output, "outputs"),
-}
 
 
 @pytest.mark.parametrize("case", sorted(ONNX_CASES))
@@ -336,13 +277,13 @@ def test_load_and_decoders_refuse_bad_max_pixels(max_pixels):
     with pytest.raises(ConfigError, match="max_pixels must be an integer >= 1"):
         Detector.load(exported("onnx"), max_pixels=max_pixels)
     with pytest.raises(ConfigError, match="max_pixels must be an integer >= 1"):
-        load_image(_encode("PNG"), max_pixels=max_pixels)
+        load_image(encode_image("PNG"), max_pixels=max_pixels)
 
 
 def test_numpy_integers_are_integers_everywhere():
     with Detector.load(exported("onnx"), max_pixels=np.int64(4_000_000), num_threads=np.int32(1)) as det:
         assert det.max_pixels == 4_000_000 and type(det.max_pixels) is int
-        assert load_image(_encode("PNG"), max_pixels=np.uint32(64 * 48)).shape == (48, 64, 3)
+        assert load_image(encode_image("PNG"), max_pixels=np.uint32(64 * 48)).shape == (48, 64, 3)
         with BatchingDetector(det, max_batch=np.int64(2), max_queue=np.int16(4)) as batcher:
             assert batcher.max_batch == 2 and batcher.max_queue == 4
 

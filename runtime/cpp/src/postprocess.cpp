@@ -1,5 +1,6 @@
-// Host top-k + class-aware NMS (runtime/host_nms.py) and the mapping back to original pixels
-// (runtime/detections.py), with the same float32 operations in the same order.
+// Host top-k + class-aware NMS (runtime/post/host_nms.py) and the mapping back to original pixels
+// (runtime/post/detections.py), with the same float32 operations in the same order: the C++ library's own
+// copy, for applications without Python (tests/runtime/cpp/test_cpp_parity.py holds the two equal).
 #include "retina/postprocess.hpp"
 
 #include <algorithm>

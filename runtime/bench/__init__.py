@@ -1,0 +1,3 @@
+"""The one timer: ``measure`` a Detector at a batch size, statistics, the report's schema, FLOPs, the device's peak,
+the environment.
+"""

@@ -1,0 +1,3 @@
+"""What a model file promises and what a backend must deliver: ONNX metadata, engine manifests, the Backend protocol,
+output checks.
+"""

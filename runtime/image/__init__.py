@@ -1,0 +1,1 @@
+"""Pixels in and out: image files, the one preprocessing definition, drawing detections."""
