@@ -102,10 +102,11 @@ def test_batches_above_max_are_chunked(files):
             np.testing.assert_allclose(whole[k][i], single[k][0], rtol=1e-5, atol=1e-5)
 
 
-def test_worker_threads_do_not_spin(files):
-    # The host's post-processing of --nms none files runs right after run(): the cores must be free.
+def test_worker_threads_spin_as_onnx_runtime_sets_them(files):
+    # Spinning is ONNX Runtime's default and the faster one on an idle CPU (BENCHMARKS.md): the session keeps it.
     options = OnnxModel.load(files["none"], threads=2).session.get_session_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        options.get_session_config_entry("session.intra_op.allow_spinning")
     assert options.intra_op_num_threads == 2
 
 
