@@ -1,4 +1,5 @@
-"""Shared test configuration: this folder is on sys.path, so test helpers here import by name."""
+"""Shared test configuration: this folder is on sys.path, so the shared test helpers import as ``testkit.<name>``
+(test doubles, model factories, detection comparison); helpers of one folder sit beside its tests."""
 
 import pytest
 

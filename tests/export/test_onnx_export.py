@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from model_factory import write_foreign_onnx
 from testkit.export_helpers import BATCH, SIZE, assert_same_detections, make_checkpoint, noise_images
+from testkit.model_factory import write_foreign_onnx
 
 from retina_deploy import __version__
 from retina_deploy.core.errors import CheckpointError, ConfigError, ModelFileError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from detection_compare import compare_detections
+from testkit.detection_compare import compare_detections
 from testkit.export_helpers import SIZE
 
 from retina_deploy.export.onnx_export import ExportModel

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from testkit.export_helpers import noise_images
+from testkit.torchvision_models import make_torchvision_retinanet
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
-from torchvision_models import make_torchvision_retinanet
 
 from retina_deploy.export.onnx_export import ExportConfig, export_onnx
 from retina_deploy.model.convert import convert_torchvision

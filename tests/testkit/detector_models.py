@@ -74,8 +74,8 @@ def images(seed: int = 0) -> list[np.ndarray]:
 
 def match_detections(a, b, *, box_tol: float = 0.5, score_tol: float = 1e-3) -> None:
     """Assert two ``Detections`` are equal up to tolerances: paired one to one, only explained flips
-    (tests/detection_compare.py; NMS threshold and max detections as in ``checkpoint()``)."""
-    from detection_compare import compare_detections
+    (tests/testkit/detection_compare.py; NMS threshold and max detections as in ``checkpoint()``)."""
+    from testkit.detection_compare import compare_detections
 
     compare_detections(a, b, nms_thresh=0.5, box_tol=box_tol, score_tol=score_tol, score_thresh=0.05, max_dets=50)
     assert a.class_names == tuple(a.class_names) and len(a.class_names) == len(b.class_names)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from detection_compare import compare_detections
-from model_factory import make_detector
+from testkit.detection_compare import compare_detections
+from testkit.model_factory import make_detector
 
 from retina_deploy.model.checkpoint import save_checkpoint
 from retina_deploy.model.config import ModelConfig
@@ -44,7 +44,7 @@ def assert_same_detections(ours: dict, torch_det: dict, *, box_rtol: float = 1e-
 
     Paired one to one (class equal, score within ``score_tol``, box within ``box_rtol`` relative +
     1e-3 px), padding past num_dets zero; only flips that tolerance explains are allowed
-    (tests/detection_compare.py).
+    (tests/testkit/detection_compare.py).
     """
     compare_detections(
         ours,

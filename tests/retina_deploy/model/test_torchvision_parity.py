@@ -3,17 +3,17 @@
 Seeded random weights (no download); BatchNorm statistics and classifier biases are randomised so
 that the comparison covers every parameter and produces detections above the score threshold.
 What is defined is compared tightly (head outputs, anchors, decoded boxes before NMS); after NMS
-only the flips that tolerance explains are allowed (tests/detection_compare.py): with random weights
+only the flips that tolerance explains are allowed (tests/testkit/detection_compare.py): with random weights
 hundreds of boxes overlap near the NMS threshold, and CPUs whose kernels round differently (AVX2 vs
 AVX-512) decide some of them differently.
 """
 
 import pytest
 import torch
-from detection_compare import compare_detections
+from testkit.detection_compare import compare_detections
+from testkit.torchvision_models import make_torchvision_retinanet
 from torchvision.models.detection import RetinaNet as TVRetinaNet
 from torchvision.models.detection.image_list import ImageList
-from torchvision_models import make_torchvision_retinanet
 
 from retina_deploy.model.box_coder import decode
 from retina_deploy.model.checkpoint import load_checkpoint

@@ -119,7 +119,7 @@ def test_init_weights_with_resume_or_backbone_weights_is_refused(data, source, t
 
 
 def test_fine_tune_converted_torchvision_weights_with_the_cli(data, tmp_path, capsys):
-    from torchvision_models import make_torchvision_retinanet
+    from testkit.torchvision_models import make_torchvision_retinanet
 
     tv = make_torchvision_retinanet(18, num_classes=5, v2=False, seed=0)  # v1 layout: P6 from P5
     torch.save(tv.state_dict(), tmp_path / "tv.pth")

@@ -15,8 +15,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from detection_compare import compare_detections
-from model_factory import write_foreign_onnx
+from testkit.detection_compare import compare_detections
+from testkit.model_factory import write_foreign_onnx
 
 from retina_deploy.core.errors import ImageError, ModelFileError
 from retina_deploy.runtime.backends.ort import OnnxModel
@@ -34,7 +34,7 @@ def export_variants(out_dir):
     Not simplified: onnxslim is tested by the export tests, the runner does not depend on it.
     """
     pytest.importorskip("torch")
-    from model_factory import make_detector
+    from testkit.model_factory import make_detector
 
     from retina_deploy.export.onnx_export import ExportConfig, export_onnx
     from retina_deploy.model.checkpoint import save_checkpoint

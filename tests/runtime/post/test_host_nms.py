@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from detection_compare import compare_detections
+from testkit.detection_compare import compare_detections
 
 from retina_deploy.runtime.post.host_nms import (
     EFFICIENT_NMS_MAX_CANDIDATES,

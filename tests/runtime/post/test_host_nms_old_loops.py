@@ -9,7 +9,7 @@ from __future__ import annotations
 import host_nms_reference as old
 import numpy as np
 import pytest
-from detection_compare import compare_detections
+from testkit.detection_compare import compare_detections
 
 from retina_deploy.runtime.post import host_nms
 from retina_deploy.runtime.post.host_nms import batched_nms, detections_from_dense, efficient_nms
