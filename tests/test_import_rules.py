@@ -63,17 +63,14 @@ def module_name(path: Path) -> str:
 
 def layer_of(module: str) -> str:
     """The folder (a key of ``LAYERS``) that holds ``module``'s file; KeyError for a folder with no layer."""
-    for prefix, folder in FOLDERS.items():
-        if module == prefix or module.startswith(prefix + "."):
-            parts = module[len(prefix) :].lstrip(".").split(".") if module != prefix else []
-            path = folder.joinpath(*parts)
-            package = path.is_dir()  # a package's __init__ lives in its own folder
-            where = path if package else path.parent
-            name = where.relative_to(ROOT).as_posix()
-            if name not in RANK:
-                raise KeyError(f"{module}: its folder {name}/ is not in LAYERS")
-            return name
-    raise KeyError(module)
+    path = _source_path(module)
+    if path is None:
+        raise KeyError(module)
+    where = path if path.is_dir() else path.parent  # a package's __init__ lives in its own folder
+    name = where.relative_to(ROOT).as_posix()
+    if name not in RANK:
+        raise KeyError(f"{module}: its folder {name}/ is not in LAYERS")
+    return name
 
 
 def imports_of(source: str, module: str) -> list[tuple[int, str]]:

@@ -56,9 +56,7 @@ def open_model(
     ModelFileError / CheckpointError (missing, foreign or tampered model), NoCudaDeviceError.
     """
     gpu = device_gpu(device)
-    int_at_least("max_pixels", max_pixels, 1)  # before the (slow) model load
-    if num_threads is not None:
-        int_at_least("num_threads", num_threads, 1)
+    int_at_least("max_pixels", max_pixels, 1)  # before a checkpoint's (slow) load; num_threads: checked by each loader
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     kind = "triton" if str(path).startswith(TRITON_SCHEME) else model_kind(path)
@@ -73,7 +71,7 @@ def open_model(
         return Detector.load(str(path), backend=backend, max_pixels=max_pixels)
     return Detector.load(
         path,
-        backend=resolved_backend(path, backend, device),
+        backend=runtime_backends.backend_for_device(path, backend, gpu),
         device=gpu or 0,
         cuda_graphs=cuda_graphs,
         max_pixels=max_pixels,

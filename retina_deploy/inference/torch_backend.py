@@ -27,14 +27,11 @@ from retina_deploy.runtime.image.preprocess import PreprocessConfig
 UNBOUNDED_BATCH = 2**31 - 1  # PyTorch runs any batch size
 
 
-ANCHORS_PER_LOCATION = 9  # 3 scales x 3 aspect ratios, ours and torchvision's
-
-
 def checkpoint_spec(settings, class_names: Sequence[str], preprocess_cfg: PreprocessConfig) -> ModelSpec:
     """The ``ModelSpec`` of a RetinaNet from the settings of its eval-mode post-processing, in the
     ``--nms onnx`` layout. settings: anything with ``score_thresh``, ``nms_thresh``, ``topk_candidates``
     and ``detections_per_img`` (our ``ModelConfig``; a torchvision ``RetinaNet`` has the same names)."""
-    from retina_deploy.model.anchors import grids_for_input
+    from retina_deploy.model.anchors import ANCHORS_PER_LOCATION, grids_for_input  # torchvision's layout too
 
     nms = NmsSettings(
         mode="onnx",  # detections come out of the model (its own NMS), as from an --nms onnx file

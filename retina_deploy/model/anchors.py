@@ -14,10 +14,12 @@ import torch
 from torch import Tensor
 
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
+SCALES_PER_LEVEL = 3  # base size times 2^(0, 1/3, 2/3)
+ANCHORS_PER_LOCATION = len(ASPECT_RATIOS) * SCALES_PER_LEVEL
 
 
 def level_scales(base_size: int) -> tuple[int, int, int]:
-    return tuple(int(base_size * 2 ** (i / 3.0)) for i in range(3))
+    return tuple(int(base_size * 2 ** (i / SCALES_PER_LEVEL)) for i in range(SCALES_PER_LEVEL))
 
 
 def cell_anchors(base_size: int) -> Tensor:
