@@ -368,6 +368,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{prefix}: error: {message}", file=sys.stderr)
     return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from retina_deploy.core.errors import ModelFileError
-from retina_deploy.runtime.backends import ort_efficient_nms as efficient_nms_ort
+from retina_deploy.runtime.backends import ort_efficient_nms
 from retina_deploy.runtime.contract.onnx_metadata import INPUT_NAME, OnnxMetadata
 from retina_deploy.runtime.contract.spec import check_images, run_in_chunks
 
@@ -67,7 +67,7 @@ class OnnxModel:
         # faster compute; sleeping wins only while other processes want the cores (BENCHMARKS.md, "CPU backends").
         if threads is not None:
             options.intra_op_num_threads = threads
-        if efficient_nms_ort.has_efficient_nms(data):
+        if ort_efficient_nms.has_efficient_nms(data):
             data = _reference_model(data, options, path)
         try:
             # From bytes: a file that points at external data fails here instead of reading it.
@@ -110,8 +110,8 @@ class OnnxModel:
 def _reference_model(data: bytes, options: ort.SessionOptions, path: Path) -> bytes:
     """Swap the TensorRT plugin for the CPU reference op (registered in ``options``)."""
     try:
-        options.register_custom_ops_library(efficient_nms_ort.register_efficient_nms_op())
-        return efficient_nms_ort.to_reference_model(data)
+        options.register_custom_ops_library(ort_efficient_nms.register_efficient_nms_op())
+        return ort_efficient_nms.to_reference_model(data)
     except ImportError as e:
         raise ModelFileError(
             f"{path}: its EfficientNMS_TRT node is a TensorRT plugin; ONNX Runtime runs it only through the CPU"
