@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The C++ host post-processing extension (setup.py) is built by the install; rebuilt here when its sources change.
+NATIVE := $(VENV)/.native
+NATIVE_SRC := setup.py runtime/cpp/src/postprocess.cpp $(wildcard runtime/cpp/python/*.cpp runtime/cpp/include/retina/*.hpp)
 
 .PHONY: demo test lint setup clean gpu-check cpp-deps cpp-test browser-deps
 
-setup: $(STAMP) cpp-deps browser-deps
+setup: $(NATIVE) cpp-deps browser-deps
 
 # torch is installed pinned first: an unpinned resolve would download a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -14,12 +17,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(NATIVE)
 
-demo: $(STAMP)
+$(NATIVE): $(STAMP) $(NATIVE_SRC)
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+demo: $(NATIVE)
 	$(VENV)/bin/retina-deploy demo --out demo-out
 
-test: $(STAMP) cpp-test browser-deps
+test: $(NATIVE) cpp-test browser-deps
 	$(PY) -m pytest -q --durations=15
 
 # C++ runtime (runtime/cpp): its Debian packages (apt only when one is missing), then its builds and ctest
@@ -52,4 +59,4 @@ gpu-check:
 	$(GPU_CHECK_PY) -m retina_deploy.gpucheck --out gpu-check-out --overwrite $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) demo-out gpu-check-out .pytest_cache .cpp-build
+	rm -rf $(VENV) demo-out gpu-check-out .pytest_cache .cpp-build runtime/post/_native*.so

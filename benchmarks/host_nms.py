@@ -1,6 +1,7 @@
-"""Host top-k + NMS of ``--nms none`` files: the old per-class loops against ``runtime.post.host_nms``, one run.
+"""Host top-k + NMS of ``--nms none`` files: the old per-class loops, ``runtime.post.host_nms`` (numpy) and the C++
+one (``runtime.post.native``, where the package was built with it), one run.
 
-Both implementations post-process the same candidate sets (dense outputs of real exported models on
+The implementations post-process the same candidate sets (dense outputs of real exported models on
 the same images), timed alternately with ``bench``'s timer, so each ratio comes from one run:
 
     python benchmarks/host_nms.py --out DIR [--images 8] [--iters 5] [--thresholds 0.05 0.001] [--json OUT]
@@ -88,7 +89,9 @@ def same_detections(a: dict, b: dict) -> bool:
 def measure(
     model: Path, num_images: int, thresholds: list[float], iters: int, old, previous=None, clock=None
 ) -> list[dict]:
-    from retina_deploy.runtime.post import host_nms
+    from retina_deploy.runtime.post import host_nms, native
+
+    cpp = native if native.available() else None
 
     boxes, scores, nms, levels = dense_outputs(model, num_images)
     n, rows = len(boxes), []
@@ -102,9 +105,10 @@ def measure(
         new_out, old_out = per_image(host_nms), per_image(old)
         cands = [int((scores[i][host_nms.topk_per_level(scores[i], levels, nms.topk_per_level)] > thresh).sum())
                  for i in range(n)]  # fmt: skip
-        impls = [old, host_nms] + ([previous] if previous else [])
+        impls = [old, host_nms] + ([cpp] if cpp else []) + ([previous] if previous else [])
         timings = time_alternating([lambda sw, m=m: per_image(m) for m in impls], iters, clock=clock)
-        old_t, new_t, *prev_t = (summarize(t.total) for t in timings)
+        old_t, new_t, *rest = (summarize(t.total) for t in timings)
+        cpp_t, prev_t = (rest[0] if cpp else None), rest[1:] if cpp else rest
 
         def ms(seconds: float) -> float:
             return round(seconds / n * 1e3, 3)
@@ -120,6 +124,13 @@ def measure(
             "identical_images": sum(identical(a, b) for a, b in zip(new_out, old_out, strict=True)),
             "same_detections_images": sum(same_detections(a, b) for a, b in zip(new_out, old_out, strict=True)),
         })  # fmt: skip
+        if cpp:
+            cpp_out = per_image(cpp)
+            rows[-1].update({
+                "cpp_ms_per_image": ms(cpp_t.median), "cpp_min_ms_per_image": ms(cpp_t.min),
+                "cpp_speedup_vs_numpy": round(new_t.median / cpp_t.median, 1),
+                "cpp_identical_images": sum(identical(a, b) for a, b in zip(cpp_out, new_out, strict=True)),
+            })  # fmt: skip
         if previous:
             prev_out = per_image(previous)
             rows[-1].update({
@@ -138,6 +149,10 @@ def print_rows(rows: list[dict]) -> None:
               f"{r['old_ms_per_image']:>7.2f} ({r['old_min_ms_per_image']:>6.2f}) {r['new_ms_per_image']:>6.2f} "
               f"({r['new_min_ms_per_image']:>5.2f}) {r['speedup']:>6.1f}x  {r['identical_images']} / "
               f"{r['same_detections_images']} of {r['images']}")  # fmt: skip
+        if "cpp_ms_per_image" in r:
+            print(f"{'':<28} C++ ms {r['cpp_ms_per_image']:.3f} ({r['cpp_min_ms_per_image']:.3f}), "
+                  f"{r['cpp_speedup_vs_numpy']:.1f}x faster than numpy, identical to it on "
+                  f"{r['cpp_identical_images']} of {r['images']}")  # fmt: skip
         if "previous_ms_per_image" in r:
             print(f"{'':<28} previous ms {r['previous_ms_per_image']:.2f} ({r['previous_min_ms_per_image']:.2f}), "
                   f"new {r['speedup_vs_previous']:.2f}x faster, identical on {r['identical_to_previous_images']} "

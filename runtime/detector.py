@@ -22,7 +22,7 @@ from retina_deploy.runtime.contract.spec import Backend, ImageInput, ModelSpec
 from retina_deploy.runtime.image.image_io import DEFAULT_MAX_PIXELS, as_rgb_array, load_image
 from retina_deploy.runtime.image.preprocess import PreprocessConfig, preprocess
 from retina_deploy.runtime.post.detections import Detections, make_detections
-from retina_deploy.runtime.post.host_nms import detections_from_dense
+from retina_deploy.runtime.post.native import host_post
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Detector:
         self.backend = backend
         self.spec = spec
         self.source = str(source)  # the file or URL, named in errors about the backend's outputs
+        self.host_post = host_post()  # --nms none files: C++ when built, else numpy (RETINA_DEPLOY_HOST_POST)
         self._lock = threading.Lock()
 
     @classmethod
@@ -191,7 +192,7 @@ class Detector:
             scores = output_array(raw, "scores", 3, rows, where)[:b]
             check_dense(boxes, scores, len(self.class_names), where)
             # Checked inputs give valid detections: the host's own output needs no second check.
-            return detections_from_dense(
+            return self.host_post.detections_from_dense(
                 boxes.astype(np.float32, copy=False),
                 scores.astype(np.float32, copy=False),
                 level_sizes=self.spec.anchors_per_level,

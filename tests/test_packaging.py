@@ -1,9 +1,10 @@
 """A non-editable install has every module, and is usable from the repository root.
 
 ``pip install .`` maps the stage folders (export/, calib/, runtime/) into the one ``retina_deploy``
-namespace. From the repository root the source folder ``retina_deploy/`` comes first on sys.path and
-shadows the installed copy; ``retina_deploy/__init__.py`` then resolves the stage folders in the
-checkout (``python -c "import retina_deploy.runtime"`` must work there as anywhere else).
+namespace, and builds the C++ host post-processing (setup.py) where a compiler is. From the repository
+root the source folder ``retina_deploy/`` comes first on sys.path and shadows the installed copy;
+``retina_deploy/__init__.py`` then resolves the stage folders in the checkout
+(``python -c "import retina_deploy.runtime"`` must work there as anywhere else).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ IMPORT = (
 def installed(tmp_path_factory) -> Path:
     """The project installed (no dependencies, no download) into a folder of its own."""
     target, src = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md"):  # a copy: setuptools writes build/ into the source tree
+    for name in ("pyproject.toml", "setup.py", "README.md"):  # a copy: setuptools writes build/ into the source tree
         shutil.copy(ROOT / name, src)
-    for name in SOURCES:
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("cpp", "__pycache__"))
+    for name in SOURCES:  # runtime/cpp holds the extension's sources
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
            str(src)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=target)
@@ -54,6 +55,20 @@ def test_every_module_is_installed(installed):
         if sub == "retina_deploy":  # the stage folders are installed inside the package
             got = {p for p in got if p.parts[0] not in ("export", "calib", "runtime")}
         assert expected == got, f"{sub}: missing from the install {sorted(map(str, expected - got))}"
+
+
+def test_the_install_has_the_cpp_host_post_processing(installed, tmp_path):
+    from retina_deploy.runtime.post import native
+
+    if not native.available():
+        pytest.skip("this checkout's own install has no C++ extension (no compiler): nothing to compare")
+    built = list((installed / "retina_deploy" / "runtime" / "post").glob("_native*"))
+    assert len(built) == 1, built
+    assert not list(installed.rglob("*.cpp")), "C++ sources are the extension's, not package data"
+    code = "from retina_deploy.runtime.post import _native; print(_native.__file__)"
+    proc = python_without_site(code, tmp_path, installed)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == built[0]
 
 
 def test_installed_copy_imports_elsewhere(installed, tmp_path):

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from retina_deploy.runtime.post.native import host_post
+
 BUSY_THRESHOLD = 0.25  # share of all CPUs' time used by other processes that makes a result suspect
 CPU_FLAGS = (
     "avx2",
@@ -140,6 +142,7 @@ def environment() -> dict[str, Any]:
         "gpus": gpu_info(),
         "jetson": jetson_info(),
         "versions": versions(),
+        "host_post": host_post().name,  # --nms none files' top-k + NMS: "cpp" or "numpy" (RETINA_DEPLOY_HOST_POST)
     }
 
 

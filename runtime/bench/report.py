@@ -8,7 +8,8 @@ Schema ``retina-deploy/bench`` version 1 (times in milliseconds, rates per secon
       "settings": {"batches": [int], "warmup_s": float, "duration_s": float | null, "iterations": int | null,
                    "device": str, "threads": int | null, "images": str, "cv_warn": float},
       "environment": {"host", "os", "python", "cpu": {...}, "gpus": [...], "jetson": {...} | null,
-                      "versions": {...}, "load_before": {...} | null, "load_after": {...} | null},
+                      "versions": {...}, "host_post": "cpp" | "numpy" (--nms none files' top-k + NMS),
+                      "load_before": {...} | null, "load_after": {...} | null},
       "results": [{
         "model": str, "kind": "checkpoint" | "onnx" | "engine", "backend": str, "precision": str,
         "device": str, "input_size": [H, W], "batch": int, "iterations": int, "warmup_iterations": int,
@@ -182,6 +183,8 @@ def format_table(report: dict) -> str:
     if env.get("jetson"):
         lines.append(f"Jetson: {env['jetson']['l4t']}; power mode: {env['jetson']['nvpmodel']}")
     lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+    if "host_post" in env:
+        lines.append(f"host top-k + NMS of --nms none files: {env['host_post']}")
     peaks = sorted({f"{r['peak_source']} = {r['peak_tflops']:.3f} TFLOP/s" for r in results if r["peak_source"]})
     lines.extend(f"peak: {p}" for p in peaks)
     for w in report["warnings"] + [f"{name(r)} batch {r['batch']}: {w}" for r in results for w in r["warnings"]]:

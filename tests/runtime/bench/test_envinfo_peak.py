@@ -7,6 +7,7 @@ import pytest
 
 from retina_deploy.runtime.bench import envinfo
 from retina_deploy.runtime.bench.peak import cpu_peak_probe, gpu_datasheet_peak
+from retina_deploy.runtime.post import native
 
 
 def test_environment_record():
@@ -14,6 +15,7 @@ def test_environment_record():
     assert env["cpu"]["logical_cpus"] >= 1 and env["cpu"]["usable_cpus"] >= 1
     assert set(env["cpu"]["flags"]) <= set(envinfo.CPU_FLAGS)
     assert "numpy" in env["versions"]
+    assert env["host_post"] == ("cpp" if native.available() else "numpy")
     assert isinstance(env["gpus"], list)
 
 
