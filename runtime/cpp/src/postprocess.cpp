@@ -1,6 +1,8 @@
 // Host top-k + class-aware NMS (runtime/post/host_nms.py) and the mapping back to original pixels
-// (runtime/post/detections.py), with the same float32 operations in the same order: the C++ library's own
-// copy, for applications without Python (tests/runtime/cpp/test_cpp_parity.py holds the two equal).
+// (runtime/post/detections.py), with the same float32 operations in the same order: the C++ library's own copy, for
+// applications without Python, and the Python runtime's top-k + NMS where the package was built with its extension
+// (runtime/post/native.py). tests/runtime/cpp/test_cpp_parity.py and tests/runtime/post/test_host_post_cpp.py hold
+// them equal.
 #include "retina/postprocess.hpp"
 
 #include <algorithm>
@@ -8,7 +10,6 @@
 #include <cstring>
 #include <functional>
 #include <limits>
-#include <numeric>
 #include <string>
 
 namespace retina {
@@ -105,9 +106,8 @@ std::vector<std::size_t> batched_nms(const std::vector<std::array<float, 4>>& bo
     const std::size_t group =
         static_cast<std::size_t>(std::lower_bound(ids.begin(), ids.end(), classes[i]) - ids.begin());
     std::vector<std::array<float, 4>>& same_class = kept_boxes[group];
-    const bool suppressed = std::any_of(same_class.begin(), same_class.end(),
-                                        [&](const std::array<float, 4>& k) { return suppresses(k, boxes[i], iou_thresh); });
-    if (suppressed) continue;
+    auto suppresses_i = [&](const std::array<float, 4>& k) { return suppresses(k, boxes[i], iou_thresh); };
+    if (std::any_of(same_class.begin(), same_class.end(), suppresses_i)) continue;
     kept.push_back(i);
     if (kept.size() == max_keep) break;
     same_class.push_back(boxes[i]);

@@ -25,7 +25,8 @@ InputDetections detections_from_dense(const float* boxes, const float* scores, s
                                       int num_classes, const std::vector<std::int64_t>& level_sizes,
                                       const NmsSettings& nms);
 
-// Positions kept by class-aware greedy NMS (as host_nms.batched_nms), by descending score, <= max_keep.
+// Positions kept by class-aware greedy NMS (as host_nms.batched_nms), by descending score (equal scores by position),
+// <= max_keep. Throws Error(kInvalidArgument) for a NaN score or vectors of different lengths.
 std::vector<std::size_t> batched_nms(const std::vector<std::array<float, 4>>& boxes, const std::vector<float>& scores,
                                      const std::vector<int>& classes, float iou_thresh, std::size_t max_keep);
 
