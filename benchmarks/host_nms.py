@@ -105,10 +105,11 @@ def measure(
         new_out, old_out = per_image(host_nms), per_image(old)
         cands = [int((scores[i][host_nms.topk_per_level(scores[i], levels, nms.topk_per_level)] > thresh).sum())
                  for i in range(n)]  # fmt: skip
-        impls = [old, host_nms] + ([cpp] if cpp else []) + ([previous] if previous else [])
-        timings = time_alternating([lambda sw, m=m: per_image(m) for m in impls], iters, clock=clock)
-        old_t, new_t, *rest = (summarize(t.total) for t in timings)
-        cpp_t, prev_t = (rest[0] if cpp else None), rest[1:] if cpp else rest
+        impls = {"old": old, "numpy": host_nms, "cpp": cpp, "previous": previous}
+        impls = {name: m for name, m in impls.items() if m is not None}
+        timings = time_alternating([lambda sw, m=m: per_image(m) for m in impls.values()], iters, clock=clock)
+        t = {name: summarize(timing.total) for name, timing in zip(impls, timings, strict=True)}
+        old_t, new_t = t["old"], t["numpy"]
 
         def ms(seconds: float) -> float:
             return round(seconds / n * 1e3, 3)
@@ -127,15 +128,15 @@ def measure(
         if cpp:
             cpp_out = per_image(cpp)
             rows[-1].update({
-                "cpp_ms_per_image": ms(cpp_t.median), "cpp_min_ms_per_image": ms(cpp_t.min),
-                "cpp_speedup_vs_numpy": round(new_t.median / cpp_t.median, 1),
+                "cpp_ms_per_image": ms(t["cpp"].median), "cpp_min_ms_per_image": ms(t["cpp"].min),
+                "cpp_speedup_vs_numpy": round(new_t.median / t["cpp"].median, 1),
                 "cpp_identical_images": sum(identical(a, b) for a, b in zip(cpp_out, new_out, strict=True)),
             })  # fmt: skip
         if previous:
             prev_out = per_image(previous)
             rows[-1].update({
-                "previous_ms_per_image": ms(prev_t[0].median), "previous_min_ms_per_image": ms(prev_t[0].min),
-                "speedup_vs_previous": round(prev_t[0].median / new_t.median, 2),
+                "previous_ms_per_image": ms(t["previous"].median), "previous_min_ms_per_image": ms(t["previous"].min),
+                "speedup_vs_previous": round(t["previous"].median / new_t.median, 2),
                 "identical_to_previous_images": sum(identical(a, b) for a, b in zip(new_out, prev_out, strict=True)),
             })  # fmt: skip
     return rows

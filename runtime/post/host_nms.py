@@ -252,6 +252,16 @@ def _sampled_floor(flat: np.ndarray, k: int) -> np.floating:
     return np.partition(sample, sample.size - rank)[sample.size - rank]
 
 
+def empty_detections(batch: int, max_dets: int) -> dict[str, np.ndarray]:
+    """Zeroed outputs of a ``--nms onnx`` file for ``batch`` images of at most ``max_dets`` detections each."""
+    return {
+        "num_dets": np.zeros((batch, 1), np.int32),
+        "boxes": np.zeros((batch, max_dets, 4), np.float32),
+        "scores": np.zeros((batch, max_dets), np.float32),
+        "classes": np.zeros((batch, max_dets), np.int32),
+    }
+
+
 def detections_from_dense(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -268,12 +278,7 @@ def detections_from_dense(
     classes [B, K] int32, zero past num_dets; the outputs of a ``--nms onnx`` file.
     """
     b = boxes.shape[0]
-    out = {
-        "num_dets": np.zeros((b, 1), np.int32),
-        "boxes": np.zeros((b, max_dets, 4), np.float32),
-        "scores": np.zeros((b, max_dets), np.float32),
-        "classes": np.zeros((b, max_dets), np.int32),
-    }
+    out = empty_detections(b, max_dets)
     for i in range(b):
         anchor_idx, class_idx = topk_per_level(scores[i], level_sizes, topk, score_thresh=score_thresh)
         cand_scores = scores[i][anchor_idx, class_idx]

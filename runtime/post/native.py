@@ -56,12 +56,7 @@ def detections_from_dense(
     levels = np.asarray(level_sizes, np.int64)
     if int(levels.sum()) != n:
         raise ValueError(f"level sizes {levels.tolist()} sum to {int(levels.sum())}, the scores have {n} anchors")
-    out = {
-        "num_dets": np.zeros((b, 1), np.int32),
-        "boxes": np.zeros((b, max_dets, 4), np.float32),
-        "scores": np.zeros((b, max_dets), np.float32),
-        "classes": np.zeros((b, max_dets), np.int32),
-    }
+    out = host_nms.empty_detections(b, max_dets)
     native.detections_from_dense(
         np.ascontiguousarray(boxes, np.float32),
         np.ascontiguousarray(scores, np.float32),
